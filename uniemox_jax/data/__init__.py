@@ -1,0 +1,1 @@
+"""Data: TFDS builders, the generated demo data set, captions, transforms and Grain pipelines."""

@@ -1,0 +1,1 @@
+"""Flax (linen) models: ViT/MAE, fusion, the UniEmoX pre-training model, classifier, CLIP."""
