@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uniemox_jax.models import vit
+
 __all__ = [
     'CLIP',
     'CLIP_MEAN',
@@ -390,23 +392,6 @@ class Block(nn.Module):
                        name='mlp')(y)
 
 
-def _bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """[out, in] matrix of torch's bicubic resize (A = -0.75, align_corners=False, borders
-    clamped), so that resized position embeddings match transformers' interpolation."""
-    a = -0.75
-    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1          # |x| <= 1
-    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a     # 1 < |x| < 2
-    scale = in_size / out_size
-    m = np.zeros((out_size, in_size), np.float64)
-    for i in range(out_size):
-        src = scale * (i + 0.5) - 0.5
-        x0 = math.floor(src)
-        t = src - x0
-        for k, w in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
-            m[i, min(max(x0 - 1 + k, 0), in_size - 1)] += w
-    return m
-
-
 def resize_pos_embedding(pos: Array, old_grid: int, new_grid: tuple[int, int]) -> Array:
     """Bicubic resize of ViT position embeddings, class row kept.
 
@@ -419,8 +404,8 @@ def resize_pos_embedding(pos: Array, old_grid: int, new_grid: tuple[int, int]) -
     """
     width = pos.shape[-1]
     patch_pos = pos[1:].astype(jnp.float32).reshape(old_grid, old_grid, width)
-    mh = jnp.asarray(_bicubic_matrix(old_grid, new_grid[0]), jnp.float32)
-    mw = jnp.asarray(_bicubic_matrix(old_grid, new_grid[1]), jnp.float32)
+    mh = jnp.asarray(vit.bicubic_matrix(old_grid, new_grid[0]), jnp.float32)
+    mw = jnp.asarray(vit.bicubic_matrix(old_grid, new_grid[1]), jnp.float32)
     patch_pos = jnp.einsum('Hh,hwc,Ww->HWc', mh, patch_pos, mw,
                            precision=jax.lax.Precision.HIGHEST)
     return jnp.concatenate([pos[:1].astype(jnp.float32), patch_pos.reshape(-1, width)], axis=0)

@@ -96,12 +96,31 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size, cls_token: bool = False) 
   return emb.astype(np.float32)
 
 
+def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """`[out, in]` matrix of PyTorch's bicubic resize (A = −0.75, align_corners=False, borders
+  clamped, no antialiasing): what MAE's `interpolate_pos_embed` and transformers use, so that
+  resized position embeddings match theirs."""
+  a = -0.75
+  near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1          # |x| <= 1
+  far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a     # 1 < |x| < 2
+  scale = in_size / out_size
+  m = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    src = scale * (i + 0.5) - 0.5
+    x0 = math.floor(src)
+    t = src - x0
+    for k, w in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
+      m[i, min(max(x0 - 1 + k, 0), in_size - 1)] += w
+  return m
+
+
 def resize_pos_embed(pos_embed: np.ndarray, new_grid: Sequence[int],
                      num_prefix: int = 1) -> np.ndarray:
   """Bicubically resizes a learned `[1, prefix + h*w, D]` position embedding to `new_grid`.
 
   Prefix tokens (CLS) are kept as they are. Used when a checkpoint was trained at another
   image size (the classifier's learned position embedding; the MAE one is recomputed).
+  Matches PyTorch's `F.interpolate(mode='bicubic', align_corners=False)`.
   """
   pos_embed = np.asarray(pos_embed)
   prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
@@ -111,11 +130,11 @@ def resize_pos_embed(pos_embed: np.ndarray, new_grid: Sequence[int],
   new_h, new_w = new_grid
   if (old, old) == (new_h, new_w):
     return pos_embed
-  grid = grid.reshape(1, old, old, -1)
-  resized = jax.image.resize(jnp.asarray(grid, jnp.float32), (1, new_h, new_w, grid.shape[-1]),
-                             method="bicubic")
-  return np.concatenate([prefix, np.asarray(resized).reshape(1, new_h * new_w, -1)],
-                        axis=1).astype(pos_embed.dtype)
+  grid = grid.reshape(old, old, -1).astype(np.float64)
+  resized = np.einsum("Hh,hwc,Ww->HWc", bicubic_matrix(old, new_h), grid,
+                      bicubic_matrix(old, new_w))
+  return np.concatenate([prefix, resized.reshape(1, new_h * new_w, -1).astype(pos_embed.dtype)],
+                        axis=1)
 
 
 # --------------------------------------------------------------------------------------
