@@ -85,3 +85,12 @@ def get_benchmark(name: str) -> Benchmark:
   except KeyError:
     raise KeyError(
         f'Unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}.') from None
+
+
+def class_names_for(dataset: str) -> tuple[str, ...]:
+  """Class names in label order of a data set name used in configs (`'emoset'`,
+  `'emotion_folder/emo8'` or a benchmark's short name)."""
+  if dataset == 'emoset':
+    return EMOSET_CLASSES
+  name = dataset.split('/', 1)[1] if dataset.startswith('emotion_folder/') else dataset
+  return get_benchmark(name).classes

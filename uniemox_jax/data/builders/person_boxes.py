@@ -1,0 +1,212 @@
+"""Person boxes for EmoSet's person view (SPEC §2 "Person boxes"), computed once at prepare time.
+
+The paper keeps YOLOv3's most confident ``person`` box with confidence >= 0.8 and uses the
+whole image when there is none. Preparation asks a :class:`PersonBoxes` provider for each
+image; today that is :class:`FilePersonBoxes` (detections a user ran elsewhere), and a
+built-in detector can be another provider with the same ``lookup`` method.
+
+Accepted files (boxes in pixels of the image as stored, ``x1``/``y1`` exclusive, the way
+``PIL.Image.crop`` reads them; ``label`` optional, default ``person``):
+
+* JSON: ``{image_id: [{"box": [x0, y0, x1, y1], "score": s, "label": "person"}, ...]}``
+* CSV with a header: ``image_id,x0,y0,x1,y1,score[,label]``, one detection per line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+DEFAULT_MIN_SCORE = 0.8     # the paper's YOLOv3 confidence threshold
+PERSON_LABEL = 'person'
+CSV_COLUMNS = ('image_id', 'x0', 'y0', 'x1', 'y1', 'score')
+
+
+@runtime_checkable
+class PersonBoxes(Protocol):
+  """Where a builder gets each image's person box from."""
+
+  def lookup(self, image_id: str, width: int, height: int
+             ) -> tuple[np.ndarray | None, float]:
+    """Returns ``(box, score)`` for one image of ``width`` x ``height`` pixels.
+
+    ``box`` is float32 ``[y0, x0, y1, x1]`` normalised to [0, 1] (clipped to the image), or
+    None when the image has no person above the provider's threshold (then ``score`` is 0).
+    """
+    ...
+
+
+class NoPersonBoxes:
+  """No detections: every image is person-less (the person view is the whole image)."""
+
+  def lookup(self, image_id: str, width: int, height: int
+             ) -> tuple[np.ndarray | None, float]:
+    del image_id, width, height
+    return None, 0.0
+
+  def summary(self) -> str:
+    return 'no person boxes given: has_person=False for every image'
+
+  def describe(self) -> dict[str, Any]:
+    return {'source': None}
+
+
+def normalise_box(box: Iterable[float], width: int, height: int) -> np.ndarray | None:
+  """Pixel ``[x0, y0, x1, y1]`` → float32 ``[y0, x0, y1, x1]`` in [0, 1], clipped to the image.
+
+  Returns None when nothing of the box is left inside the image.
+  """
+  x0, y0, x1, y1 = (float(v) for v in box)
+  x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
+  y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
+  if x1 <= x0 or y1 <= y0:
+    return None
+  return np.asarray([y0 / height, x0 / width, y1 / height, x1 / width], np.float32)
+
+
+class FilePersonBoxes:
+  """Detections read from a JSON or CSV file (formats in the module docstring).
+
+  For each image the highest-scoring ``person`` detection with ``score >= min_score`` that
+  overlaps the image wins (ties: the first in the file). Counts of what happened are kept
+  for the prepare log (:meth:`summary`), so a file keyed by something other than the image
+  ids (a mismatch that would silently make every image person-less) is visible.
+  """
+
+  def __init__(self, path: str | os.PathLike, min_score: float = DEFAULT_MIN_SCORE):
+    if not 0.0 <= float(min_score) <= 1.0:
+      raise ValueError(f'min_person_score must be in [0, 1], got {min_score}')
+    self.path = Path(path).expanduser()
+    self.min_score = float(min_score)
+    if not self.path.is_file():
+      raise FileNotFoundError(
+          f'Person boxes file {self.path} does not exist. Give a JSON '
+          '{image_id: [{"box": [x0, y0, x1, y1], "score": s, "label": "person"}]} or a CSV '
+          f'with columns {",".join(CSV_COLUMNS)}[,label], or leave person_boxes unset.')
+    text = self.path.read_text(encoding='utf-8')
+    if self.path.suffix.lower() == '.json' or text.lstrip().startswith('{'):
+      self._dets = self._parse_json(text)
+    else:
+      self._dets = self._parse_csv(text)
+    self._looked_up = self._matched = self._with_person = self._clipped = 0
+    self._unmatched_example: str | None = None
+
+  # ------------------------------------------------------------------------- parsing
+
+  def _parse_json(self, text: str) -> dict[str, list[tuple[tuple[float, ...], float, str]]]:
+    try:
+      data = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'Person boxes file {self.path} is not valid JSON: {e}') from None
+    if not isinstance(data, dict):
+      raise ValueError(f'Person boxes file {self.path}: expected a JSON object '
+                       f'{{image_id: [detections]}}, got {type(data).__name__}.')
+    out = {}
+    for image_id, dets in data.items():
+      if isinstance(dets, dict):
+        dets = [dets]
+      if not isinstance(dets, list):
+        raise ValueError(f'Person boxes file {self.path}, key {image_id!r}: expected a list '
+                         f'of detections, got {type(dets).__name__}.')
+      parsed = []
+      for i, d in enumerate(dets):
+        try:
+          box = tuple(float(v) for v in d['box'])
+          score = float(d['score'])
+          if len(box) != 4:
+            raise ValueError(f'box has {len(box)} numbers, expected 4')
+        except (KeyError, TypeError, ValueError) as e:
+          raise ValueError(
+              f'Person boxes file {self.path}, key {image_id!r}, detection {i}: expected '
+              f'{{"box": [x0, y0, x1, y1], "score": s[, "label": "person"]}}, got {d!r} '
+              f'({type(e).__name__}: {e}).') from None
+        parsed.append((box, score, str(d.get('label', PERSON_LABEL))))
+      out[str(image_id)] = parsed
+    return out
+
+  def _parse_csv(self, text: str) -> dict[str, list[tuple[tuple[float, ...], float, str]]]:
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in CSV_COLUMNS if c not in columns]
+    if missing:
+      raise ValueError(
+          f'Person boxes file {self.path}: CSV columns {columns} lack {missing}; expected a '
+          f'header line {",".join(CSV_COLUMNS)}[,label].')
+    out: dict[str, list] = {}
+    for line_no, row in enumerate(reader, start=2):
+      row = {(k or '').strip(): (v or '').strip() for k, v in row.items()}
+      try:
+        box = tuple(float(row[c]) for c in ('x0', 'y0', 'x1', 'y1'))
+        score = float(row['score'])
+      except ValueError as e:
+        raise ValueError(f'Person boxes file {self.path}, line {line_no}: {e} '
+                         f'({row}).') from None
+      out.setdefault(row['image_id'], []).append(
+          (box, score, row.get('label') or PERSON_LABEL))
+    return out
+
+  # ------------------------------------------------------------------------- lookup
+
+  def lookup(self, image_id: str, width: int, height: int
+             ) -> tuple[np.ndarray | None, float]:
+    self._looked_up += 1
+    dets = self._dets.get(image_id)
+    if dets is None:
+      if self._unmatched_example is None:
+        self._unmatched_example = image_id
+      return None, 0.0
+    self._matched += 1
+    best, best_score = None, -1.0
+    for box, score, label in dets:
+      if label.lower() != PERSON_LABEL or score < self.min_score or score <= best_score:
+        continue
+      norm = normalise_box(box, width, height)
+      if norm is None:
+        continue
+      x0, y0, x1, y1 = box
+      # Count boxes that reach out of the image by more than a pixel: many of them mean the
+      # detector ran on differently sized images.
+      clipped = x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1
+      best, best_score, best_clipped = norm, score, clipped
+    if best is None:
+      return None, 0.0
+    self._with_person += 1
+    self._clipped += int(best_clipped)
+    return best, float(best_score)
+
+  def summary(self) -> str:
+    s = (f'person boxes from {self.path} (min score {self.min_score}): '
+         f'{self._with_person}/{self._looked_up} images have a person, '
+         f'{self._looked_up - self._matched} had no entry in the file')
+    if self._clipped:
+      s += (f'; {self._clipped} chosen boxes reached outside their image and were clipped '
+            '(were the detections made on resized images?)')
+    if self._looked_up and not self._matched and self._dets:
+      s += ('. WARNING: no image id matched the file\'s keys (e.g. image '
+            f'{self._unmatched_example!r} vs file key {next(iter(self._dets))!r}); '
+            'keys must be EmoSet image ids (the image file stem)')
+    return s
+
+  def describe(self) -> dict[str, Any]:
+    return {'source': str(self.path), 'min_score': self.min_score}
+
+  def __repr__(self) -> str:
+    return f'FilePersonBoxes({str(self.path)!r}, min_score={self.min_score})'
+
+
+def make_person_boxes(person_boxes: str | os.PathLike | PersonBoxes | None,
+                      min_score: float = DEFAULT_MIN_SCORE) -> PersonBoxes:
+  """A provider from a builder option: None, a file path, or a provider used as is."""
+  if person_boxes is None or person_boxes == '':
+    return NoPersonBoxes()
+  if isinstance(person_boxes, (str, os.PathLike)):
+    return FilePersonBoxes(person_boxes, min_score)
+  if isinstance(person_boxes, PersonBoxes):
+    return person_boxes
+  raise TypeError(f'person_boxes must be a path, a PersonBoxes provider or None, got '
+                  f'{type(person_boxes).__name__}.')

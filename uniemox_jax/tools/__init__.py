@@ -1,0 +1,1 @@
+"""Command-line tools: ``prepare`` (data sets → TFDS array_record)."""
