@@ -1,0 +1,102 @@
+"""Shared config pieces. Configs are data: this module imports ml_collections only.
+
+Config arguments come after a colon, comma-separated: `configs/pretrain.py:variant=B/16,demo`.
+A bare word is a flag set to True (`demo`); `key=value` values are parsed as int, float,
+bool or string.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# The demo writes everything under this directory (relative to where main.py runs).
+DEMO_DIR = "demo_out"
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`'variant=L/16,demo,mask_ratio=0.9'` → ConfigDict; unknown keys raise with the key named."""
+  out = dict(defaults)
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if not part:
+      continue
+    key, eq, value = part.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise KeyError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    if not eq:
+      out[key] = True
+      continue
+    out[key] = _parse_value(value.strip(), defaults[key])
+  return ml_collections.ConfigDict(out)
+
+
+def _parse_value(value: str, default):
+  if isinstance(default, bool):
+    if value.lower() in ("1", "true", "yes"):
+      return True
+    if value.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+  for kind in (int, float):
+    if isinstance(default, kind) and not isinstance(default, bool):
+      return kind(value)
+  for kind in (int, float):
+    try:
+      return kind(value)
+    except ValueError:
+      pass
+  return value
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  # -1: all remaining devices. fsdp > 1 shards parameters and optimizer state.
+  return ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  cfg = dict(
+      base_lr=1e-3,        # lr = base_lr × global batch / 256 (SPEC §4), unless lr > 0
+      lr=0.0,              # absolute peak lr; 0 derives it from base_lr
+      b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.05,   # not applied to biases and norm scales
+      no_decay_names=(),   # further parameter names without weight decay
+      min_lr=0.0,
+      grad_clip=0.0,       # global-norm clipping; 0 disables
+      layer_decay=0.0,     # layer-wise lr decay (fine-tuning: 0.75); 0 disables
+  )
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+def checkpoint_config(**overrides) -> ml_collections.ConfigDict:
+  cfg = dict(
+      every_steps=1000,    # also saved at the end and on SIGTERM
+      keep=3,              # most recent checkpoints kept
+      keep_best=0,         # fine-tuning: best by validation top-1, kept besides the latest
+      async_save=True,
+  )
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+def log_config(**overrides) -> ml_collections.ConfigDict:
+  cfg = dict(every_steps=50, tensorboard=True)
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Keys every task has."""
+  config = ml_collections.ConfigDict()
+  config.task = ""
+  config.seed = 0
+  config.batch_size = 256          # global, over all devices and hosts
+  config.total_epochs = 100
+  config.warmup_epochs = 5
+  config.total_steps = 0           # > 0 overrides total_epochs (smoke tests, benchmarks)
+  config.init = ""                 # weights to start from (see README: "Starting points")
+  config.resume = ""               # another run's workdir or checkpoint to continue from
+  config.mesh = mesh_config()
+  config.checkpoint = checkpoint_config()
+  config.log = log_config()
+  return config

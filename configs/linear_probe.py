@@ -1,0 +1,60 @@
+r"""Linear probe: a linear classifier on frozen encoder features.
+
+The encoder (from a UniEmoX pre-training workdir/checkpoint or an MAE/UniEmoX .pth) is run once
+over train/val/test with the evaluation transform (resize 256, centre crop 224); features are
+the mean of the patch tokens (or the CLS token) after the encoder's final norm, standardised
+with the training set's statistics (MAE's parameter-free BatchNorm in front of the head). A
+linear head is then trained on the cached features with AdamW; the epoch with the best val
+top-1 is evaluated on test → `<workdir>/results.json`.
+
+Launch:
+
+  python main.py --config=configs/linear_probe.py:emo8 --workdir=$WORKDIR \
+      --config.data.data_dir=$TFDS_DIR --config.init=$PRETRAIN_WORKDIR
+
+Minutes on one GPU once features are extracted (the extraction is one forward pass per image).
+Arguments: `<dataset>` (emo8, fi, emotion6, unbiasedemo, caer_s, heco), `variant=...`, `demo`.
+"""
+import ml_collections
+
+from configs import common
+from configs.finetune import NUM_CLASSES
+
+
+def get_config(arg=None):
+  first = (arg or "").split(",")[0]
+  dataset = first if first and "=" not in first and first != "demo" else ""
+  rest = ",".join((arg or "").split(",")[1:]) if dataset else arg
+  args = common.parse_arg(rest, variant="L/16", pool="mean", demo=False)
+  dataset = dataset or "emo8"
+  if dataset not in NUM_CLASSES:
+    raise KeyError(f"unknown dataset {dataset!r}; choose one of {sorted(NUM_CLASSES)}")
+
+  config = common.base_config()
+  config.task = "linear_probe"
+  config.batch_size = 256            # head training batch (features are cached)
+  config.total_epochs = 90
+  config.warmup_epochs = 5
+  config.model = ml_collections.ConfigDict(dict(
+      variant=args.variant, image_size=224, patch_size=0, num_classes=NUM_CLASSES[dataset],
+      pool=args.pool, dtype="bfloat16", attention_impl="explicit"))
+  config.data = ml_collections.ConfigDict(dict(
+      name=f"emotion_folder/{dataset}", data_dir="", train_split="train", val_split="val",
+      test_split="test", eval_resize=256, num_workers=8, read_threads=0, prefetch=2))
+  config.optim = common.optim_config(base_lr=0.1, b2=0.999, weight_decay=0.0)
+  config.eval = ml_collections.ConfigDict(dict(every_epochs=1, batch_size=256))
+  config.checkpoint = common.checkpoint_config(every_steps=0, keep=1)
+  if args.demo:
+    d = common.DEMO_DIR
+    config.model.variant = "mu"
+    config.model.image_size = 64
+    config.model.dtype = "float32"
+    config.data.data_dir = f"{d}/tfds"
+    config.data.eval_resize = 73
+    config.data.num_workers = 0
+    config.batch_size = 64
+    config.total_epochs = 60
+    config.optim.lr = 3e-3
+    config.eval.batch_size = 64
+    config.init = f"{d}/pretrain"
+  return config

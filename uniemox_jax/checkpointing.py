@@ -1,0 +1,171 @@
+"""Orbax checkpoints: model + optimizer + step + RNG + data-iterator state, in one place.
+
+Layout: `<workdir>/checkpoints/<step>/{state, data, meta}`.
+  state  the `TrainState` pytree (student parameters, optimizer state, step, RNG key);
+         the frozen teacher is never saved.
+  data   the Grain iterator state right after the last consumed batch (JSON).
+  meta   JSON: config hash, epoch, flags such as `eval_pending`.
+
+Retention keeps the last `keep` checkpoints *and* (fine-tuning) the best `keep_best` by a
+validation metric; the two are a union, so keeping the best never evicts the latest.
+Saves are asynchronous; `wait()` before exiting. Restores always go through an abstract
+target carrying the *current* shardings, so a checkpoint written on 8 devices restores on 1
+(or on CPU) and vice versa. A latest checkpoint that cannot be read (truncated, corrupted)
+is reported and the previous one is used instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as cm
+
+ITEMS = ("state", "data", "meta")
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  data: Any
+  meta: dict
+
+
+def _metric_fn(name: str):
+  def fn(metrics):
+    value = (metrics or {}).get(name)
+    return float("-inf") if value is None else float(value)
+  return fn
+
+
+class Checkpointer:
+  """A thin, opinionated wrapper around `ocp.CheckpointManager`.
+
+  Args:
+    directory: where checkpoints live (created if needed).
+    keep: how many of the most recent checkpoints to keep.
+    keep_best: also keep this many best checkpoints by `best_metric` (higher is better);
+      0 disables.
+    async_save: write in a background thread (the training loop continues).
+    read_only: only read (another run's checkpoints: nothing is created or cleaned up).
+  """
+
+  def __init__(self, directory: str, *, keep: int = 3, keep_best: int = 0,
+               best_metric: str = "val_top1", async_save: bool = True, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    self.best_metric = best_metric
+    policies = [cm.LatestN(n=max(1, keep))]
+    if keep_best:
+      # Ascending sort on the metric; BestN keeps the top n by that order.
+      policies.append(cm.BestN(get_metric_fn=_metric_fn(best_metric), n=keep_best,
+                               keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=cm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save and not read_only, create=not read_only,
+        cleanup_tmp_directories=not read_only, read_only=read_only)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  # ----------------------------------------------------------------------------- save
+  def save(self, step: int, state: Any, *, data: Any = None, meta: dict | None = None,
+           metrics: dict | None = None) -> bool:
+    """Starts an (asynchronous) save of `step`; returns False if that step already exists."""
+    if step in self._manager.all_steps():
+      logging.info("checkpoint %d already exists; not saving again", step)
+      return False
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data if data is not None else {}),
+        meta=ocp.args.JsonSave(dict(meta or {})))
+    saved = self._manager.save(step, args=args, metrics=metrics, force=True)
+    if saved:
+      logging.info("checkpoint: saving step %d to %s", step, self.directory)
+    return saved
+
+  def delete(self, step: int):
+    if step in self._manager.all_steps():
+      self._manager.delete(step)
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  # -------------------------------------------------------------------------- queries
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def best_step(self) -> int | None:
+    """The step with the highest recorded `best_metric` (None without metrics)."""
+    best, best_value = None, None
+    for info in self._manager._checkpoints:  # noqa: SLF001 - orbax keeps metrics here
+      value = (info.metrics or {}).get(self.best_metric) if info.metrics else None
+      if value is not None and (best_value is None or value > best_value):
+        best, best_value = info.step, value
+    return best
+
+  def metrics(self, step: int) -> dict | None:
+    for info in self._manager._checkpoints:  # noqa: SLF001
+      if info.step == step:
+        return info.metrics
+    return None
+
+  # -------------------------------------------------------------------------- restore
+  def restore(self, abstract_state: Any, step: int | None = None,
+              fallback: bool = True) -> Restored | None:
+    """Restores `step` (default: the latest) onto `abstract_state`'s shapes and shardings.
+
+    With `fallback`, a checkpoint that fails to read is logged and the next older one is
+    tried. Returns None when there is nothing (readable) to restore.
+    """
+    steps = self.all_steps()
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                                f"(have {steps})")
+      candidates = [step] + ([s for s in reversed(steps) if s < step] if fallback else [])
+    else:
+      candidates = list(reversed(steps))
+    for i, candidate in enumerate(candidates):
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 - any read failure means "unusable checkpoint"
+        logging.error("checkpoint %d in %s could not be restored (%s: %s)%s", candidate,
+                      self.directory, type(e).__name__, str(e)[:500],
+                      "; falling back to the previous one" if fallback else "")
+        if not fallback:
+          raise
+        continue
+      if i:
+        logging.warning("restored checkpoint %d instead of the unreadable %s", candidate,
+                        candidates[:i])
+      _check_finite(restored.state, candidate)
+      return Restored(candidate, restored.state, restored.data, dict(restored.meta or {}))
+    return None
+
+
+def _check_finite(state, step):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating):
+      if not bool(jax.numpy.isfinite(leaf).all()):
+        raise ValueError(f"checkpoint {step}: {jax.tree_util.keystr(path)} has non-finite "
+                         "values")
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """`ShapeDtypeStruct`s of `tree` with the given shardings (a restore target)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                      tree, shardings)

@@ -1,0 +1,28 @@
+"""Small helpers the task modules share."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype_of(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def normalize(pixels_u8: jax.Array, mean, std) -> jax.Array:
+  """uint8 `[..., 3]` → float32 `(x / 255 − mean) / std` (on the device)."""
+  x = pixels_u8.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def load_split(config, split: str):
+  """The random-access source of `config.data.name`/`split` (see `data.builders`)."""
+  from uniemox_jax.data import builders
+  return builders.load_source(config.data.name, split, config.data.data_dir)

@@ -1,0 +1,161 @@
+"""Linear probe over frozen encoder features.
+
+1. The pre-trained encoder (MAE layout, final norm, fixed sin-cos positions) runs once over
+   train/val/test with the evaluation transform; features (mean of patch tokens, or CLS) are
+   cached in `<workdir>/features/` keyed by the weights, so a re-run skips this.
+2. Features are standardised with the training statistics (MAE's affine-free BatchNorm in
+   front of the head) and a linear head is trained with AdamW + cosine schedule.
+3. The epoch with the best val top-1 is evaluated on test → `results.json`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from uniemox_jax import evaluate as evaluate_lib, sharding
+from uniemox_jax.data import pipeline
+from uniemox_jax.data.classes import class_names_for
+from uniemox_jax.models import vit
+from uniemox_jax.train import loop as loop_lib, optim, run_info, startup
+from uniemox_jax.train.common import IMAGENET_MEAN, IMAGENET_STD, dtype_of, load_split, normalize
+
+
+def build_encoder(config) -> vit.Encoder:
+  m = config.model
+  return vit.encoder_from_variant(m.variant, patch_size=m.patch_size or None,
+                                  image_size=m.image_size, pos_embed="sincos", final_norm=True,
+                                  dtype=dtype_of(m.dtype), attention_impl=m.attention_impl)
+
+
+def extract(config, mesh, encoder, params, split: str, preemption) -> tuple[np.ndarray, np.ndarray]:
+  """Features `[N, D]` float32 and labels `[N]` of `split`, in source order."""
+  source = load_split(config, split)
+  batch = config.eval.batch_size
+  shard = pipeline.Sharding.from_jax()
+  ds = pipeline.eval_dataset(source, pipeline.EvalTransform(config.model.image_size,
+                                                            config.data.eval_resize),
+                             global_batch=batch, shard=shard)
+  to_global = pipeline.make_global_fn(mesh, sharding.BATCH_AXES)
+  pool = config.model.pool
+
+  @jax.jit
+  def features(p, images):
+    tokens, _ = encoder.apply({"params": p}, normalize(images, IMAGENET_MEAN, IMAGENET_STD))
+    tokens = tokens.astype(jnp.float32)
+    return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(axis=1)
+
+  feats, labels, index = [], [], []
+  from jax.experimental import multihost_utils
+  for local in pipeline.to_iter(ds, config.data.num_workers):
+    preemption.check("feature extraction")
+    out = features(params, to_global({"image": local["image"]})["image"])
+    out = multihost_utils.process_allgather(out, tiled=True)
+    valid = multihost_utils.process_allgather(local["valid"], tiled=True)
+    feats.append(np.asarray(out)[valid])
+    labels.append(multihost_utils.process_allgather(local["label"], tiled=True)[valid])
+    index.append(multihost_utils.process_allgather(local["index"], tiled=True)[valid])
+  order = np.argsort(np.concatenate(index))
+  return np.concatenate(feats)[order], np.concatenate(labels)[order]
+
+
+def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  class_names = class_names_for(config.data.name)
+  encoder = build_encoder(config)
+  dummy = jnp.zeros((1, encoder.image_size, encoder.image_size, 3), jnp.float32)
+  abstract = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), dummy)["params"])
+  params = startup.load_weights_into(config.init, abstract, target="encoder", allow_new=False,
+                                     mesh=mesh, config=config)
+  run_info.write(workdir, config, {s: load_split(config, s) for s in
+                                   (config.data.train_split, config.data.val_split,
+                                    config.data.test_split)})
+
+  # ---------------------------------------------------------------------- features (cached)
+  digest = hashlib.sha256(json.dumps(
+      [config.init, config.model.to_dict(), config.data.eval_resize]).encode()).hexdigest()[:16]
+  feature_dir = os.path.join(workdir, "features")
+  data = {}
+  for split in (config.data.train_split, config.data.val_split, config.data.test_split):
+    path = os.path.join(feature_dir, f"{split}_{digest}.npz")
+    if os.path.exists(path):
+      cached = np.load(path)
+      data[split] = (cached["features"], cached["labels"])
+      continue
+    data[split] = extract(config, mesh, encoder, params, split, preemption)
+    if jax.process_index() == 0:
+      os.makedirs(feature_dir, exist_ok=True)
+      np.savez(path, features=data[split][0], labels=data[split][1])
+    logging.info("features of %s: %s", split, data[split][0].shape)
+
+  # ---------------------------------------------------------------------- head training
+  train_x, train_y = data[config.data.train_split]
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  standard = {k: ((x - mean) / std, y) for k, (x, y) in data.items()}
+  num_classes = len(class_names)
+  batch = min(config.batch_size, len(train_x))
+  steps_per_epoch = max(1, len(train_x) // batch)
+  total = loop_lib.total_steps(config, steps_per_epoch)
+  warmup = loop_lib.warmup_steps(config, steps_per_epoch, total)
+  peak_lr = config.optim.lr or optim.scaled_lr(config.optim.base_lr, batch)
+  head = {"kernel": jnp.zeros((train_x.shape[1], num_classes)), "bias": jnp.zeros((num_classes,))}
+  tx, lr_fn = optim.make_optimizer(config.optim, head, peak_lr=peak_lr, total_steps=total,
+                                   warmup_steps=warmup)
+  opt_state = tx.init(head)
+  x_all, y_all = jnp.asarray(standard[config.data.train_split][0]), jnp.asarray(train_y)
+
+  @jax.jit
+  def train_epoch(head, opt_state, key, step0):
+    order = jax.random.permutation(key, x_all.shape[0])[:steps_per_epoch * batch]
+    order = order.reshape(steps_per_epoch, batch)
+
+    def one(carry, idx):
+      head, opt_state = carry
+      def loss_fn(h):
+        logits = x_all[idx] @ h["kernel"] + h["bias"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y_all[idx]).mean()
+      loss, grads = jax.value_and_grad(loss_fn)(head)
+      updates, opt_state = tx.update(grads, opt_state, head)
+      return (optax.apply_updates(head, updates), opt_state), loss
+
+    (head, opt_state), losses = jax.lax.scan(one, (head, opt_state), order)
+    return head, opt_state, losses.mean()
+
+  def evaluate(h, split):
+    x, y = standard[split]
+    logits = np.asarray(x @ np.asarray(h["kernel"]) + np.asarray(h["bias"]))
+    acc = evaluate_lib.Accumulator(num_classes)
+    acc.add(np.argsort(-logits, axis=1)[:, :3], y, np.ones(len(y), bool))
+    return acc.result(class_names)
+
+  epochs = max(1, total // steps_per_epoch)
+  best = (-1.0, None, -1)
+  key = jax.random.PRNGKey(config.seed)
+  for epoch in range(epochs):
+    preemption.check("linear probe")
+    head, opt_state, loss = train_epoch(head, opt_state, jax.random.fold_in(key, epoch),
+                                        epoch * steps_per_epoch)
+    if (epoch + 1) % max(1, int(config.eval.every_epochs)) == 0 or epoch + 1 == epochs:
+      val = evaluate(head, config.data.val_split)
+      if val["top1"] > best[0]:
+        best = (val["top1"], jax.device_get(head), epoch + 1)
+      logging.info("linear probe epoch %d: loss %.4f, val top-1 %.4f", epoch + 1, float(loss),
+                   val["top1"])
+  test = evaluate(best[1], config.data.test_split)
+  results = {"dataset": config.data.name, "best_epoch": best[2], "val_top1": best[0],
+             "test_top1": test["top1"], "test_top3": test["top3"],
+             "test_num_examples": test["num_examples"]}
+  if jax.process_index() == 0:
+    evaluate_lib.write_confusion(test, os.path.join(workdir, "eval", "test_best"))
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+    run_info.mark_done(workdir, results)
+  logging.info("linear probe: best val top-1 %.4f (epoch %d); test top-1 %.4f, top-3 %.4f",
+               best[0], best[2], test["top1"], test["top3"])
+  return dict(results, status="done")

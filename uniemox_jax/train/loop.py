@@ -1,0 +1,273 @@
+"""What every task's training loop shares: the train state, sharded initialisation, AOT
+compilation with memory logging, pre-emption handling, checkpoint cadence, one-step-late
+metrics, the non-finite guard and progress logging.
+
+Pre-emption (SIGTERM, as a TPU VM or a cluster scheduler sends it) may arrive at any time:
+while compiling, training, evaluating or while an asynchronous save is being written. The
+handler only sets a flag; the flag is checked after compilation, before every step and after
+every evaluation batch. When set, the loop waits for any save in flight, saves the current
+state (marking an interrupted evaluation so the resumed run redoes it) and returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from uniemox_jax import checkpointing, metrics as metrics_lib, sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # int32 scalar: optimizer steps taken
+  params: Any              # trainable parameters (float32)
+  opt_state: Any
+  rng: jax.Array           # uint32[2] base key; each step uses fold_in(rng, step)
+
+
+class Preempted(Exception):
+  """Raised inside the loop (or an evaluation) when a SIGTERM was received."""
+
+  def __init__(self, where: str):
+    super().__init__(f"pre-empted during {where}")
+    self.where = where
+
+
+class Preemption:
+  """Turns SIGTERM into a flag that the loop polls (installed for the duration of a run)."""
+
+  def __init__(self, signals=(signal.SIGTERM,)):
+    self._flag = threading.Event()
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: will save a checkpoint and stop at the next safe "
+                    "point", signum)
+    self._flag.set()
+
+  def requested(self, step: int | None = None) -> bool:
+    if jax.process_count() > 1 and step is not None:
+      # All hosts must agree on the step at which they stop (the coordination service's
+      # pre-emption notice); a local SIGTERM alone could make them diverge.
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step) or self._flag.is_set()
+    return self._flag.is_set()
+
+  def check(self, where: str, step: int | None = None):
+    if self.requested(step):
+      raise Preempted(where)
+
+  def close(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+
+def create_sharded_state(init_fn: Callable[[jax.Array], TrainState], rng: jax.Array, mesh):
+  """Initialises the state directly into its shardings (shapes first, then a jitted init).
+
+  Returns `(state, shardings)`; the shardings are reused for the step's in/out shardings and
+  as the restore target.
+  """
+  abstract = jax.eval_shape(init_fn, rng)
+  shardings = TrainState(
+      step=sharding.replicated(mesh), params=sharding.tree_shardings(mesh, abstract.params),
+      opt_state=sharding.tree_shardings(mesh, abstract.opt_state),
+      rng=sharding.replicated(mesh))
+  state = jax.jit(init_fn, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def abstract_state(state: TrainState, shardings: TrainState):
+  return checkpointing.abstract_like(state, shardings)
+
+
+def aot_compile(fn, *args, name: str = "step"):
+  """Lowers and compiles `fn` for `args` once, logging compile time and memory use."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  info = {"compile_s": seconds}
+  try:
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      gib = 1024.0 ** 3
+      info.update(
+          temp_gib=getattr(mem, "temp_size_in_bytes", 0) / gib,
+          args_gib=getattr(mem, "argument_size_in_bytes", 0) / gib,
+          output_gib=getattr(mem, "output_size_in_bytes", 0) / gib)
+  except Exception:  # noqa: BLE001 - not every backend reports memory
+    pass
+  logging.info("compiled %s in %.1f s; memory per device (GiB): %s", name, seconds,
+               {k: round(v, 3) for k, v in info.items() if k != "compile_s"})
+  return compiled, info
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  return int(config.total_steps) if config.total_steps > 0 else int(
+      round(config.total_epochs * steps_per_epoch))
+
+
+def warmup_steps(config, steps_per_epoch: int, total: int) -> int:
+  if config.total_steps > 0 and config.total_epochs > 0:
+    # Smoke runs cut by total_steps keep the warm-up fraction of the full schedule.
+    return int(round(total * config.warmup_epochs / config.total_epochs))
+  return int(round(config.warmup_epochs * steps_per_epoch))
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class Loop:
+  """The step loop shared by pre-training and fine-tuning.
+
+  Attributes:
+    step_fn: compiled `(state, batch) -> (state, metrics)`; metrics are scalars.
+    batches: a `pipeline.BatchIterator` (has `get_state()` for the checkpoint).
+    eval_fn: optional `(state, step) -> dict` run every `eval_every` steps and at the end;
+      its result is logged and, with `best_metric`, recorded with the checkpoint.
+  """
+  step_fn: Callable
+  batches: Any
+  checkpointer: checkpointing.Checkpointer
+  writer: metrics_lib.MetricWriter
+  preemption: Preemption
+  total_steps: int
+  global_batch: int
+  steps_per_epoch: int
+  save_every: int = 0
+  log_every: int = 50
+  eval_fn: Callable[[TrainState, int], dict] | None = None
+  eval_every: int = 0
+  meta: dict = dataclasses.field(default_factory=dict)
+
+  def _meta(self, step: int, **extra) -> dict:
+    return dict(self.meta, step=int(step), epoch=step / max(self.steps_per_epoch, 1), **extra)
+
+  def save(self, state: TrainState, step: int, metrics: dict | None = None, **meta):
+    self.checkpointer.wait()
+    self.checkpointer.save(step, state, data=self.batches.get_state(),
+                           meta=self._meta(step, **meta), metrics=metrics)
+
+  def run(self, state: TrainState, start_step: int, eval_pending: bool = False) -> tuple:
+    """Runs from `start_step` to `total_steps`. Returns `(state, status)` where status is
+    'done' or 'preempted'."""
+    progress = metrics_lib.Progress(self.total_steps, self.global_batch, start_step)
+    pending: tuple[int, Any] | None = None
+    window: list[dict] = []
+    step = start_step
+
+    def drain():
+      nonlocal pending
+      if pending is None:
+        return
+      done_step, device_metrics = pending
+      pending = None
+      values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      bad = [k for k in ("loss", "grad_norm") if k in values and not np.isfinite(values[k])]
+      if bad:
+        latest = self.checkpointer.latest_step()
+        raise NonFiniteLoss(
+            f"non-finite {', '.join(bad)} at step {done_step}: {values}. Training stopped; "
+            f"the last good checkpoint is step {latest} in {self.checkpointer.directory} "
+            "(nothing after it was saved). Lower the learning rate, enable "
+            "config.optim.grad_clip, or run in float32 to investigate.")
+      window.append(values)
+      if done_step % self.log_every == 0 or done_step == self.total_steps:
+        mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+        window.clear()
+        mean.update(progress.measure(done_step))
+        mean.update(metrics_lib.device_memory())
+        mean["epoch"] = done_step / max(self.steps_per_epoch, 1)
+        self.writer.write(done_step, mean, prefix="train/")
+        metrics_lib.log(done_step, self.total_steps, mean)
+
+    def evaluate(at_step: int) -> dict | None:
+      drain()
+      result = self.eval_fn(state, at_step)
+      self.writer.write(at_step, result, prefix="val/")
+      logging.info("eval at step %d: %s", at_step,
+                   {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
+      progress.reset(at_step)
+      return result
+
+    try:
+      self.preemption.check("compilation", step)
+      if eval_pending and self.eval_fn is not None:
+        logging.info("redoing the evaluation at step %d that a pre-emption interrupted", step)
+        result = evaluate(step)
+        # Re-save the restored checkpoint with its evaluation result (for best-checkpoint
+        # retention): same state, same data position.
+        self.checkpointer.wait()
+        self.checkpointer.delete(step)
+        self.save(state, step, metrics=result)
+      for step in range(start_step, self.total_steps):
+        self.preemption.check("training", step)
+        batch = next(self.batches)
+        state, device_metrics = self.step_fn(state, batch)
+        drain()  # the previous step's metrics: ready by now, so this does not stall
+        pending = (step + 1, device_metrics)
+        done = step + 1
+        is_last = done == self.total_steps
+        eval_now = self.eval_fn is not None and (is_last or (
+            self.eval_every and done % self.eval_every == 0))
+        result = None
+        if eval_now:
+          result = evaluate(done)
+        if is_last or eval_now or (self.save_every and done % self.save_every == 0):
+          drain()
+          self.save(state, done, metrics=result)
+      drain()
+      self.checkpointer.wait()
+      self.writer.flush()
+      return state, "done"
+    except Preempted as e:
+      step_now = int(jax.device_get(state.step))
+      logging.warning("%s at step %d: saving a checkpoint, then stopping. Run the same "
+                      "command again to resume.", e, step_now)
+      pending = None
+      self.checkpointer.wait()
+      if step_now in self.checkpointer.all_steps():
+        if e.where == "evaluation":
+          # The checkpoint of this step exists but its evaluation did not finish.
+          logging.warning("checkpoint %d exists; its evaluation will be redone on resume",
+                          step_now)
+          self._mark_eval_pending(step_now)
+      else:
+        self.save(state, step_now, eval_pending=e.where == "evaluation")
+      self.checkpointer.wait()
+      self.writer.flush()
+      return state, "preempted"
+
+  def _mark_eval_pending(self, step: int):
+    # Small JSON marker next to the checkpoints; read back by `eval_pending_after_restore`.
+    import json
+    import os
+    path = os.path.join(self.checkpointer.directory, f"eval_pending_{step}.json")
+    if jax.process_index() == 0:
+      with open(path, "w") as f:
+        json.dump({"step": step}, f)
+
+
+def eval_pending_after_restore(checkpointer: checkpointing.Checkpointer, step: int,
+                               meta: dict) -> bool:
+  import os
+  marker = os.path.join(checkpointer.directory, f"eval_pending_{step}.json")
+  pending = bool(meta.get("eval_pending")) or os.path.exists(marker)
+  if os.path.exists(marker) and jax.process_index() == 0:
+    os.remove(marker)
+  return pending

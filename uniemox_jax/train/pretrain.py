@@ -1,0 +1,215 @@
+"""UniEmoX pre-training (SPEC §1): the step function and the task's setup.
+
+Sections, top to bottom: mesh → data → teacher (+ text-embedding cache) → model and
+optimizer → sharded init → step function → checkpoint restore → loop.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from uniemox_jax import checkpointing, losses, metrics as metrics_lib, sharding
+from uniemox_jax.data import pipeline
+from uniemox_jax.models import clip, uniemox, vit
+from uniemox_jax.train import loop as loop_lib
+from uniemox_jax.train import optim, run_info, startup, teacher_cache
+from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, dtype_of, load_split,
+                                      normalize)
+
+
+def build_model(config, teacher_dim: int) -> uniemox.UniEmoX:
+  m = config.model
+  return uniemox.UniEmoX(
+      variant=m.variant, image_size=m.image_size, patch_size=m.patch_size or None,
+      decoder_width=m.decoder_width or None,
+      decoder_depth=None if m.decoder_depth < 0 else m.decoder_depth,
+      decoder_heads=m.decoder_heads or None, decoder_output=m.decoder_output,
+      fusion=m.fusion, fusion_heads=m.fusion_heads, teacher_dim=teacher_dim,
+      dtype=dtype_of(m.dtype), remat=m.remat, attention_impl=m.attention_impl)
+
+
+def make_train_step(config, model: uniemox.UniEmoX, teacher: clip.CLIP, tx, lr_fn,
+                    num_relation_groups: int, cached_text: bool):
+  """`(state, teacher_params, batch) -> (state, metrics)` for one optimizer step.
+
+  The batch holds uint8 views `scene`/`person` `[B, S, S, 3]` and either `text_emb` `[B, E]`
+  (cached teacher text embeddings) or `caption_ids` `[B, T]`.
+  """
+  weights = {k: float(config.loss[k]) for k in losses.LOSS_TERMS}
+  mask_ratio = float(config.model.mask_ratio)
+  patch = model.patch_size_
+  teacher_size = teacher.spec.image_size
+  t_mean, t_std = ((clip.CLIP_MEAN, clip.CLIP_STD) if config.teacher.input_norm == "clip"
+                   else (IMAGENET_MEAN, IMAGENET_STD))
+
+  def teacher_targets(teacher_params, batch):
+    pixels = normalize(batch["scene"], t_mean, t_std)
+    if pixels.shape[1] != teacher_size:
+      pixels = jax.image.resize(pixels, pixels.shape[:1] + (teacher_size, teacher_size, 3),
+                                "bicubic")
+    omega = teacher.apply({"params": teacher_params}, pixels, method="encode_image")
+    if cached_text:
+      lam = batch["text_emb"]
+    else:
+      lam = teacher.apply({"params": teacher_params}, batch["caption_ids"], method="encode_text")
+    return (jax.lax.stop_gradient(omega.astype(jnp.float32)),
+            jax.lax.stop_gradient(lam.astype(jnp.float32)))
+
+  def step(state: loop_lib.TrainState, teacher_params, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    k_mask, k_drop = jax.random.split(rng)
+    scene = normalize(batch["scene"], IMAGENET_MEAN, IMAGENET_STD)
+    person = (normalize(batch["person"], IMAGENET_MEAN, IMAGENET_STD)
+              if model.uses_person_view else None)
+    omega, lam = teacher_targets(teacher_params, batch)
+    target = vit.patchify(scene, patch)
+
+    def loss_fn(params):
+      pred, aux = model.apply({"params": params}, scene, person, mask_ratio, train=True,
+                              rngs={"masking": k_mask, "dropout": k_drop})
+      gamma = aux["gamma"]
+      terms = {}
+      if weights["rec"]:
+        terms["rec"] = losses.reconstruction_loss(pred, target, aux["mask"],
+                                                  config.loss.norm_pix)
+      if weights["sim"]:
+        terms["sim"] = losses.similarity_loss(gamma, omega)
+      if weights["con"]:
+        terms["con"] = losses.relation_loss(gamma, omega, lam, num_relation_groups)
+      if weights["nce"]:
+        terms["nce"] = losses.info_nce(gamma, lam, config.loss.nce_temperature)
+      return losses.total_loss(terms, weights), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "lr": lr_fn(state.step), "grad_norm": optax.global_norm(grads),
+               "param_norm": optax.global_norm(params)}
+    metrics.update({f"loss_{k}": v for k, v in terms.items()})
+    if "caption_truncated" in batch:
+      metrics["captions_truncated"] = jnp.sum(batch["caption_truncated"].astype(jnp.int32))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         rng=state.rng), metrics
+
+  return step
+
+
+def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
+  # ---------------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  shard = pipeline.Sharding.from_jax()
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  # ---------------------------------------------------------------------- data
+  source = load_split(config, config.data.train_split)
+  steps_per_epoch = len(source) // config.batch_size
+  total = loop_lib.total_steps(config, steps_per_epoch)
+  warmup = loop_lib.warmup_steps(config, steps_per_epoch, total)
+  run_info.write(workdir, config, {config.data.train_split: source})
+
+  # ---------------------------------------------------------------------- teacher
+  teacher, teacher_params = clip.load_clip(config.teacher.path,
+                                           dtype=dtype_of(config.teacher.dtype))
+  teacher_params = jax.device_put(teacher_params, sharding.replicated(mesh))
+  tokenizer_path = config.teacher.tokenizer or config.teacher.path
+  text_cache = None
+  if config.teacher.cache_text and (config.loss.con or config.loss.nce):
+    text_cache = teacher_cache.text_embeddings(
+        teacher, teacher_params, tokenizer_path, config.teacher.path, config.data,
+        config.data.train_split, source, cache_dir=os.path.join(config.data.data_dir,
+                                                                "teacher_cache"))
+
+  # ---------------------------------------------------------------------- model, optimizer
+  model = build_model(config, teacher.spec.projection_dim)
+  peak_lr = config.optim.lr or optim.scaled_lr(config.optim.base_lr, config.batch_size)
+  abstract_params = jax.eval_shape(functools.partial(uniemox.init_params, model))
+  tx, lr_fn = optim.make_optimizer(config.optim, abstract_params, peak_lr=peak_lr,
+                                   total_steps=total, warmup_steps=warmup)
+
+  def init_fn(rng):
+    params = model.init(rng, *_dummy_inputs(model))["params"]
+    return loop_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               opt_state=tx.init(params), rng=rng)
+
+  # ---------------------------------------------------------------------- sharded init
+  rng = jax.random.PRNGKey(config.seed)
+  state, state_shardings = loop_lib.create_sharded_state(init_fn, rng, mesh)
+  logging.info("UniEmoX %s: %.1fM trainable parameters; teacher %s (frozen, not checkpointed)",
+               config.model.variant,
+               sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)) / 1e6,
+               config.teacher.path)
+
+  # ---------------------------------------------------------------------- restore
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      async_save=config.checkpoint.async_save)
+  start = startup.restore_or_initialize(config, checkpointer, state, state_shardings,
+                                        target="pretrain")
+  state = start.state
+
+  # ---------------------------------------------------------------------- data iterator
+  transform = pipeline.PretrainTransform(
+      image_size=config.model.image_size,
+      tokenizer_path=None if text_cache is not None else tokenizer_path,
+      scale=(config.data.scale_min, 1.0), person_view=config.data.person_view,
+      caption_field=config.data.caption_field)
+  if not (config.loss.con or config.loss.nce):
+    transform.tokenizer_path = None
+  ds = pipeline.train_dataset(source, transform, global_batch=config.batch_size,
+                              seed=config.seed, shard=shard)
+  grain_iter = pipeline.to_iter(ds, config.data.num_workers, config.data.read_threads or None)
+  if start.data_state:
+    grain_iter.set_state(start.data_state)
+  extra_fn = None
+  if text_cache is not None:
+    def extra_fn(batch):
+      batch["text_emb"] = text_cache[batch["index"]]
+      return batch
+  to_global = pipeline.make_global_fn(mesh, sharding.BATCH_AXES)
+  batches = pipeline.BatchIterator(grain_iter, to_global, prefetch=config.data.prefetch,
+                                   extra_fn=extra_fn)
+
+  # ---------------------------------------------------------------------- step function
+  groups = sharding.num_batch_shards(mesh) if config.loss.relation_scope == "local" else 1
+  step = make_train_step(config, model, teacher, tx, lr_fn, groups, text_cache is not None)
+  try:
+    first = batches.peek()
+    batch_shardings = jax.tree.map(lambda x: x.sharding, first)
+    jitted = jax.jit(step, in_shardings=(state_shardings, sharding.replicated(mesh),
+                                         batch_shardings),
+                     out_shardings=(state_shardings, sharding.replicated(mesh)),
+                     donate_argnums=(0,))
+    compiled, compile_info = loop_lib.aot_compile(jitted, state, teacher_params, first,
+                                                  name="pretrain step")
+    writer = metrics_lib.MetricWriter(workdir, config.log.tensorboard)
+    writer.write(start.step, compile_info, prefix="compile/")
+
+    # -------------------------------------------------------------------- loop
+    loop = loop_lib.Loop(
+        step_fn=lambda s, b: compiled(s, teacher_params, b), batches=batches,
+        checkpointer=checkpointer, writer=writer, preemption=preemption, total_steps=total,
+        global_batch=config.batch_size, steps_per_epoch=steps_per_epoch,
+        save_every=config.checkpoint.every_steps, log_every=config.log.every_steps,
+        meta={"task": "pretrain"})
+    logging.info("pre-training from step %d to %d (%d steps/epoch, warm-up %d steps, peak "
+                 "lr %.3g)", start.step, total, steps_per_epoch, warmup, peak_lr)
+    state, status = loop.run(state, start.step)
+  finally:
+    batches.close()
+    checkpointer.close()
+  if status == "done":
+    run_info.mark_done(workdir, {"task": "pretrain", "steps": total})
+  return {"status": status, "step": int(jax.device_get(state.step))}
+
+
+def _dummy_inputs(model: uniemox.UniEmoX, batch: int = 2):
+  images = jnp.zeros((batch, model.image_size, model.image_size, 3), jnp.float32)
+  noise = jnp.zeros((batch, model.num_patches), jnp.float32)
+  return images, images, float(0.75), noise, noise

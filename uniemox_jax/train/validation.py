@@ -1,0 +1,126 @@
+"""Config validation: everything that can be checked before anything heavy runs.
+
+Each problem names the config key, what was found and what to do; all problems are reported
+at once.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+
+README_DATA = "README.md, section 'Real data and weights'"
+README_DEMO = "README.md, section 'Quick start'"
+TASKS = ("pretrain", "finetune", "linear_probe", "eval")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _data_hint(config) -> str:
+  task = config.task if config.task != "eval" else "finetune"
+  cfg_file = {"pretrain": "pretrain.py", "finetune": "finetune.py",
+              "linear_probe": "linear_probe.py"}.get(task, "pretrain.py")
+  return (f"prepare the data first (python -m uniemox_jax.tools.prepare ..., see {README_DATA}), "
+          f"or try the embedded demo: `bash demo.sh`, then "
+          f"`python main.py --config=configs/{cfg_file}:demo` "
+          f"(see {README_DEMO})")
+
+
+def validate(config, *, num_devices: int | None = None, check_paths: bool = True) -> None:
+  """Raises `ConfigError` listing every problem found in `config`."""
+  from uniemox_jax.models import fusion, mae, vit  # models are cheap to import
+  problems = []
+  num_devices = num_devices or jax.device_count()
+  if config.task not in TASKS:
+    problems.append(f"config.task={config.task!r}: must be one of {TASKS}")
+
+  # --- sizes and ratios
+  if config.batch_size <= 0 or config.batch_size % num_devices:
+    problems.append(f"config.batch_size={config.batch_size} must be a positive multiple of the "
+                    f"{num_devices} devices")
+  model = config.model
+  try:
+    variant = vit.get_variant(model.variant)
+  except ValueError as e:
+    problems.append(f"config.model.variant: {e}")
+    variant = None
+  if variant is not None:
+    patch = model.patch_size or variant.patch_size
+    if model.image_size % patch:
+      problems.append(f"config.model.image_size={model.image_size} is not a multiple of the "
+                      f"patch size {patch}")
+  if model.get("dtype") not in DTYPES:
+    problems.append(f"config.model.dtype={model.get('dtype')!r}: use one of {DTYPES}")
+  if "mask_ratio" in model and not 0.0 <= model.mask_ratio < 1.0:
+    problems.append(f"config.model.mask_ratio={model.mask_ratio} must be in [0, 1)")
+  if "decoder_output" in model and model.decoder_output not in mae.DECODER_OUTPUTS:
+    problems.append(f"config.model.decoder_output={model.decoder_output!r}: use one of "
+                    f"{mae.DECODER_OUTPUTS}")
+  if "fusion" in model and model.fusion not in fusion.FUSIONS:
+    problems.append(f"config.model.fusion={model.fusion!r}: use one of {sorted(fusion.FUSIONS)}")
+  if config.total_steps < 0 or (config.total_steps == 0 and config.total_epochs <= 0):
+    problems.append("config.total_epochs (or config.total_steps) must be positive")
+  if config.warmup_epochs < 0:
+    problems.append("config.warmup_epochs must be >= 0")
+  d, f = config.mesh.data, config.mesh.fsdp
+  if not ((d == -1 and f > 0 and num_devices % f == 0) or (f == -1 and d > 0 and num_devices % d == 0)
+          or (d > 0 and f > 0 and d * f == num_devices)):
+    problems.append(f"config.mesh data={d} × fsdp={f} does not fit {num_devices} devices "
+                    "(-1 on one axis takes the rest)")
+
+  if config.task == "pretrain":
+    loss = config.loss
+    if not any(loss[k] for k in ("con", "sim", "rec", "nce")):
+      problems.append("config.loss: every term has weight 0; switch on at least one of "
+                      "con, sim, rec, nce")
+    if loss.relation_scope not in ("global", "local"):
+      problems.append(f"config.loss.relation_scope={loss.relation_scope!r}: 'global' or 'local'")
+    if config.teacher.input_norm not in ("clip", "imagenet"):
+      problems.append(f"config.teacher.input_norm={config.teacher.input_norm!r}: "
+                      "'clip' or 'imagenet'")
+    if config.teacher.dtype not in DTYPES:
+      problems.append(f"config.teacher.dtype={config.teacher.dtype!r}: use one of {DTYPES}")
+    if config.data.person_view not in ("detector_crop", "second_view"):
+      problems.append(f"config.data.person_view={config.data.person_view!r}: "
+                      "'detector_crop' or 'second_view'")
+    if not 0.0 < config.data.scale_min <= 1.0:
+      problems.append(f"config.data.scale_min={config.data.scale_min} must be in (0, 1]")
+    if check_paths:
+      if not config.teacher.path:
+        problems.append("config.teacher.path is empty: set it to a local CLIP ViT-B/16 "
+                        f"(Hugging Face directory or OpenAI .pt; {README_DATA}) — or run the "
+                        f"demo (`bash demo.sh`, {README_DEMO})")
+      elif not os.path.exists(config.teacher.path):
+        problems.append(f"config.teacher.path={config.teacher.path!r} does not exist "
+                        f"({README_DATA}; the demo's tiny teacher is made by `bash demo.sh`)")
+      tok = config.teacher.tokenizer
+      if tok and not os.path.exists(tok):
+        problems.append(f"config.teacher.tokenizer={tok!r} does not exist")
+
+  if config.task in ("finetune", "linear_probe", "eval"):
+    mix = config.get("mixup")
+    if mix is not None and not 0.0 <= mix.label_smoothing < 1.0:
+      problems.append("config.mixup.label_smoothing must be in [0, 1)")
+    if config.optim.layer_decay and not 0.0 < config.optim.layer_decay <= 1.0:
+      problems.append(f"config.optim.layer_decay={config.optim.layer_decay} must be in (0, 1]")
+    if config.task == "eval" and check_paths and not config.init:
+      problems.append("config.task='eval' needs config.init: the checkpoint (or fine-tuning "
+                      "workdir) to evaluate")
+
+  if check_paths:
+    if not config.data.data_dir:
+      problems.append(f"config.data.data_dir is empty: it must point at the TFDS data of "
+                      f"{config.data.name!r}; {_data_hint(config)}")
+    elif not os.path.isdir(config.data.data_dir):
+      problems.append(f"config.data.data_dir={config.data.data_dir!r} does not exist; "
+                      f"{_data_hint(config)}")
+    for key in ("init", "resume"):
+      path = config.get(key)
+      if path and not os.path.exists(path):
+        problems.append(f"config.{key}={path!r} does not exist")
+
+  if problems:
+    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
