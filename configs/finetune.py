@@ -52,7 +52,9 @@ def get_config(arg=None):
       mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1))
   config.optim = common.optim_config(b2=0.999, min_lr=1e-6, layer_decay=0.75,
                                      no_decay_names=("pos_embed", "cls_token"))
-  config.eval = ml_collections.ConfigDict(dict(every_epochs=1, batch_size=256))
+  config.eval = ml_collections.ConfigDict(dict(
+      every_epochs=1, batch_size=256,
+      split="test"))                     # task=eval: the split to evaluate
   config.checkpoint = common.checkpoint_config(every_steps=0, keep=2, keep_best=1)
   config.log = common.log_config(every_steps=20)
   if args.demo:

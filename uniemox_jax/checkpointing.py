@@ -16,6 +16,7 @@ is reported and the previous one is used instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -36,11 +37,25 @@ class Restored:
   meta: dict
 
 
-def _metric_fn(name: str):
-  def fn(metrics):
-    value = (metrics or {}).get(name)
-    return float("-inf") if value is None else float(value)
-  return fn
+METRICS_FILE = "checkpoint_metrics.json"
+
+
+class _KeepBest(cm.PreservationPolicy):
+  """Preserves the `n` checkpoints with the highest recorded metric.
+
+  Orbax keeps the metrics passed to `save` only in memory, so after a restart its own BestN
+  would forget the best checkpoint (and delete it). Our record lives in a JSON file next to
+  the checkpoints and survives restarts.
+  """
+
+  def __init__(self, owner: "Checkpointer", n: int):
+    self._owner = owner
+    self.n = n
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    best = set(self._owner.best_steps(self.n))
+    return [info.step in best for info in checkpoints]
 
 
 class Checkpointer:
@@ -59,11 +74,15 @@ class Checkpointer:
                best_metric: str = "val_top1", async_save: bool = True, read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
+    self._read_only = read_only
+    self._metrics_path = os.path.join(self.directory, METRICS_FILE)
+    self._record: dict[int, dict] = {}
+    if os.path.exists(self._metrics_path):
+      with open(self._metrics_path) as f:
+        self._record = {int(k): v for k, v in json.load(f).items()}
     policies = [cm.LatestN(n=max(1, keep))]
     if keep_best:
-      # Ascending sort on the metric; BestN keeps the top n by that order.
-      policies.append(cm.BestN(get_metric_fn=_metric_fn(best_metric), n=keep_best,
-                               keep_checkpoints_without_metrics=False))
+      policies.append(_KeepBest(self, keep_best))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=cm.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save and not read_only, create=not read_only,
@@ -77,6 +96,10 @@ class Checkpointer:
     if step in self._manager.all_steps():
       logging.info("checkpoint %d already exists; not saving again", step)
       return False
+    if metrics:
+      self._record[int(step)] = {k: float(v) for k, v in metrics.items()
+                                 if isinstance(v, (int, float, np.floating, np.integer))}
+      self._write_record()
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data if data is not None else {}),
@@ -89,6 +112,8 @@ class Checkpointer:
   def delete(self, step: int):
     if step in self._manager.all_steps():
       self._manager.delete(step)
+    if self._record.pop(int(step), None) is not None:
+      self._write_record()
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -105,20 +130,35 @@ class Checkpointer:
     steps = self.all_steps()
     return steps[-1] if steps else None
 
+  def _write_record(self):
+    if jax.process_index() != 0 or self._read_only:
+      return
+    os.makedirs(self.directory, exist_ok=True)
+    tmp = f"{self._metrics_path}.tmp"
+    with open(tmp, "w") as f:
+      json.dump({str(k): v for k, v in sorted(self._record.items())}, f, indent=1)
+    os.replace(tmp, self._metrics_path)
+
+  def best_steps(self, n: int) -> list[int]:
+    """The `n` steps with the highest `best_metric` (ties: the earlier step first)."""
+    scored = [(v[self.best_metric], -s) for s, v in self._record.items()
+              if self.best_metric in v]
+    return [-neg for _, neg in sorted(scored, reverse=True)[:n]]
+
   def best_step(self) -> int | None:
-    """The step with the highest recorded `best_metric` (None without metrics)."""
-    best, best_value = None, None
-    for info in self._manager._checkpoints:  # noqa: SLF001 - orbax keeps metrics here
-      value = (info.metrics or {}).get(self.best_metric) if info.metrics else None
-      if value is not None and (best_value is None or value > best_value):
-        best, best_value = info.step, value
-    return best
+    """The existing step with the highest recorded `best_metric` (None without metrics)."""
+    existing = set(self.all_steps())
+    ranked = [s for s in self.best_steps(len(self._record)) if s in existing]
+    return ranked[0] if ranked else None
 
   def metrics(self, step: int) -> dict | None:
-    for info in self._manager._checkpoints:  # noqa: SLF001
-      if info.step == step:
-        return info.metrics
-    return None
+    return self._record.get(int(step))
+
+  def _set_aside(self, steps):
+    if jax.process_index() == 0:
+      for path in _set_aside_dirs(self.directory, steps):
+        logging.warning("moved the unreadable checkpoint to %s", path)
+    self._manager.reload()
 
   # -------------------------------------------------------------------------- restore
   def restore(self, abstract_state: Any, step: int | None = None,
@@ -152,9 +192,26 @@ class Checkpointer:
       if i:
         logging.warning("restored checkpoint %d instead of the unreadable %s", candidate,
                         candidates[:i])
+        self._set_aside(candidates[:i])
       _check_finite(restored.state, candidate)
       return Restored(candidate, restored.state, restored.data, dict(restored.meta or {}))
     return None
+
+
+def _set_aside_dirs(directory: str, steps) -> list[str]:
+  """Renames unreadable step directories to `<step>.unreadable` (kept for inspection, out of
+  the way of new saves of the same step)."""
+  moved = []
+  for step in steps:
+    src = os.path.join(directory, str(step))
+    if os.path.isdir(src):
+      dst = f"{src}.unreadable"
+      n = 1
+      while os.path.exists(dst):
+        dst, n = f"{src}.unreadable{n}", n + 1
+      os.rename(src, dst)
+      moved.append(dst)
+  return moved
 
 
 def _check_finite(state, step):

@@ -35,6 +35,12 @@ from uniemox_jax.data import transforms
 PERSON_VIEWS = ("detector_crop", "second_view")
 CAPTION_FIELDS = ("caption", "caption_no_emotion")
 
+# Grain calls a transform from several read threads at once. The first calls in a fresh worker
+# process would each load the tokenizer, and concurrent first imports of `transformers` fail
+# ("cannot import name 'CLIPTokenizerFast'"), so loading is serialised. Tokenising itself is
+# thread-safe.
+_TOKENIZER_LOCK = threading.Lock()
+
 
 def _mark_absl_parsed():
   # Worker processes import absl-logging code outside an absl app; unparsed flags would make
@@ -83,7 +89,9 @@ class PretrainTransform:
 
   def _tokenize(self, text: str) -> tuple[np.ndarray, bool]:
     if self._tokenizer is None:
-      self._tokenizer = tokenizer_lib.load_tokenizer(self.tokenizer_path)
+      with _TOKENIZER_LOCK:
+        if self._tokenizer is None:
+          self._tokenizer = tokenizer_lib.load_tokenizer(self.tokenizer_path)
     ids, truncated = tokenizer_lib.tokenize(self._tokenizer, [text], self.context_length)
     return ids[0], bool(truncated)
 
@@ -260,12 +268,23 @@ def eval_dataset(source: Sequence, transform: Callable, *, global_batch: int,
   return ds.batch(local, drop_remainder=True)
 
 
+DEFAULT_READ_THREADS = 16  # Grain's default
+
+
 def to_iter(ds: grain.MapDataset, num_workers: int = 0, read_threads: int | None = None,
             buffer_size: int = 2) -> grain.DatasetIterator:
-  """A checkpointable iterator; `num_workers > 0` runs the transforms in worker processes."""
-  options = grain.ReadOptions(num_threads=read_threads) if read_threads else None
-  it_ds = ds.to_iter_dataset(options) if options else ds.to_iter_dataset()
+  """A checkpointable iterator; `num_workers > 0` runs the transforms in worker processes.
+
+  Each process (the main one, or each worker) computes whole batches on `read_threads`
+  threads and holds at most `read_threads + buffer_size` batches. (Grain's default read-ahead
+  of 500 elements would be 500 *batches* here: tens of GB of host memory at 224 px, and
+  minutes of wasted work on every restart.)
+  """
+  threads = read_threads or DEFAULT_READ_THREADS
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                               prefetch_buffer_size=threads + buffer_size))
   if num_workers > 0:
+    _mark_absl_parsed()  # Grain reads its absl flags in this process too, when starting workers
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=buffer_size),
         worker_init_fn=_worker_init)
@@ -339,9 +358,12 @@ class BatchIterator:
 
   def __next__(self) -> dict:
     kind, value, state = self._get()
-    if kind == "end":
-      raise StopIteration
-    if kind == "error":
+    if kind != "batch":
+      # The worker thread has stopped: keep answering the same way instead of blocking on
+      # the empty queue.
+      self._peeked = (kind, value, state)
+      if kind == "end":
+        raise StopIteration
       raise value
     self._state = state
     return value

@@ -153,7 +153,8 @@ def init_params(model: MaskedAutoencoder, seed: int = 0, batch: int = 1):
   """Random MAE initialisation (Xavier linears, normal(0.02) tokens), as a params tree."""
   images = jnp.zeros((batch, model.image_size, model.image_size, 3), jnp.float32)
   noise = jnp.zeros((batch, model.num_patches), jnp.float32)
-  return model.init(jax.random.PRNGKey(seed), images, 0.75, noise)["params"]
+  init = jax.jit(lambda key: model.init(key, images, 0.75, noise)["params"])
+  return init(jax.random.PRNGKey(seed))
 
 
 def num_params(params) -> int:

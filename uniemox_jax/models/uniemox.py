@@ -103,4 +103,5 @@ def init_params(model: UniEmoX, seed: int = 0, batch: int = 2):
   """Random parameters of `model` (shapes only depend on the config)."""
   images = jnp.zeros((batch, model.image_size, model.image_size, 3), jnp.float32)
   noise = jnp.zeros((batch, model.num_patches), jnp.float32)
-  return model.init(jax.random.PRNGKey(seed), images, images, 0.75, noise, noise)["params"]
+  init = jax.jit(lambda key: model.init(key, images, images, 0.75, noise, noise)["params"])
+  return init(jax.random.PRNGKey(seed))

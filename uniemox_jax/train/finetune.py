@@ -57,8 +57,8 @@ def make_train_step(config, model: classifier.ViTClassifier, tx, lr_fn):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
-    metrics = {"loss": loss, "lr": lr_fn(state.step), "grad_norm": optax.global_norm(grads),
-               "param_norm": optax.global_norm(params), "mixed_top1": accuracy}
+    metrics = {"loss": loss, "lr": lr_fn(state.step), "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params), "mixed_top1": accuracy}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step

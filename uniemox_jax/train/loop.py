@@ -171,9 +171,11 @@ class Loop:
     window: list[dict] = []
     step = start_step
 
-    def drain():
+    def drain(flush: bool = False):
       nonlocal pending
       if pending is None:
+        if flush and window:
+          log_window(step)
         return
       done_step, device_metrics = pending
       pending = None
@@ -187,14 +189,17 @@ class Loop:
             "(nothing after it was saved). Lower the learning rate, enable "
             "config.optim.grad_clip, or run in float32 to investigate.")
       window.append(values)
-      if done_step % self.log_every == 0 or done_step == self.total_steps:
-        mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-        window.clear()
-        mean.update(progress.measure(done_step))
-        mean.update(metrics_lib.device_memory())
-        mean["epoch"] = done_step / max(self.steps_per_epoch, 1)
-        self.writer.write(done_step, mean, prefix="train/")
-        metrics_lib.log(done_step, self.total_steps, mean)
+      if flush or done_step % self.log_every == 0 or done_step == self.total_steps:
+        log_window(done_step)
+
+    def log_window(done_step: int):
+      mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+      window.clear()
+      mean.update(progress.measure(done_step))
+      mean.update(metrics_lib.device_memory())
+      mean["epoch"] = done_step / max(self.steps_per_epoch, 1)
+      self.writer.write(done_step, mean, prefix="train/")
+      metrics_lib.log(done_step, self.total_steps, mean)
 
     def evaluate(at_step: int) -> dict | None:
       drain()
@@ -236,10 +241,10 @@ class Loop:
       self.writer.flush()
       return state, "done"
     except Preempted as e:
+      drain(flush=True)  # the last finished step's metrics: logged, and checked before saving
       step_now = int(jax.device_get(state.step))
       logging.warning("%s at step %d: saving a checkpoint, then stopping. Run the same "
                       "command again to resume.", e, step_now)
-      pending = None
       self.checkpointer.wait()
       if step_now in self.checkpointer.all_steps():
         if e.where == "evaluation":

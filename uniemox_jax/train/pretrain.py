@@ -89,8 +89,8 @@ def make_train_step(config, model: uniemox.UniEmoX, teacher: clip.CLIP, tx, lr_f
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "lr": lr_fn(state.step), "grad_norm": optax.global_norm(grads),
-               "param_norm": optax.global_norm(params)}
+    metrics = {"loss": loss, "lr": lr_fn(state.step), "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params)}
     metrics.update({f"loss_{k}": v for k, v in terms.items()})
     if "caption_truncated" in batch:
       metrics["captions_truncated"] = jnp.sum(batch["caption_truncated"].astype(jnp.int32))
