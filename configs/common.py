@@ -49,8 +49,9 @@ def _parse_value(value: str, default):
 
 
 def mesh_config() -> ml_collections.ConfigDict:
-  # -1: all remaining devices. fsdp > 1 shards parameters and optimizer state.
-  return ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # -1: all remaining devices. fsdp > 1 shards parameters and optimizer state (tensors of at
+  # least min_shard_size elements, over their largest dimension the fsdp size divides).
+  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_shard_size=2 ** 14))
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:

@@ -11,8 +11,23 @@ from uniemox_jax import metrics
 
 
 def pretrain_config(env, **overrides):
-  c = pretrain_cfg.get_config("demo")
+  return shrink_pretrain(pretrain_cfg.get_config("demo"), env, **overrides)
+
+
+def finetune_config(env, **overrides):
+  return shrink_finetune(finetune_cfg.get_config("emo8,demo"), env, **overrides)
+
+
+def probe_config(env, init, **overrides):
+  return shrink_probe(probe_cfg.get_config("emo8,demo"), env, init, **overrides)
+
+
+def shrink_pretrain(c, env, **overrides):
+  """Any pre-training config at test size: the `mu` model at 32 px on the demo data."""
+  c.model.variant = "mu"
+  c.model.dtype = "float32"
   c.model.image_size = 32
+  c.data.num_workers = 0
   c.batch_size = 8
   c.total_steps = 4
   c.total_epochs = 10
@@ -26,9 +41,12 @@ def pretrain_config(env, **overrides):
   return c
 
 
-def finetune_config(env, **overrides):
-  c = finetune_cfg.get_config("emo8,demo")
+def shrink_finetune(c, env, **overrides):
+  c.model.variant = "mu"
+  c.model.dtype = "float32"
   c.model.image_size = 32
+  c.data.num_workers = 0
+  c.optim.lr = 1e-3
   c.data.eval_resize = 37
   c.batch_size = 8
   c.total_steps = 6
@@ -44,9 +62,12 @@ def finetune_config(env, **overrides):
   return c
 
 
-def probe_config(env, init, **overrides):
-  c = probe_cfg.get_config("emo8,demo")
+def shrink_probe(c, env, init, **overrides):
+  c.model.variant = "mu"
+  c.model.dtype = "float32"
   c.model.image_size = 32
+  c.data.num_workers = 0
+  c.optim.lr = 3e-3
   c.data.eval_resize = 37
   c.data.data_dir = env.tfds
   c.init = init

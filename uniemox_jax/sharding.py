@@ -37,9 +37,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[Any] | None = Non
                            axis_types=axis_types)
 
 
-def param_spec(shape: Sequence[int], fsdp_size: int) -> P:
-  """Shard the largest dimension divisible by `fsdp_size` (ties: the last), else replicate."""
-  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+def param_spec(shape: Sequence[int], fsdp_size: int, min_size: int = MIN_SHARDED_SIZE) -> P:
+  """Shard the largest dimension divisible by `fsdp_size` (ties: the last), else replicate.
+  Tensors with fewer than `min_size` elements are replicated."""
+  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < max(min_size, 1):
     return P()
   best = None
   for dim, size in enumerate(shape):
@@ -52,10 +53,11 @@ def param_spec(shape: Sequence[int], fsdp_size: int) -> P:
   return P(*spec)
 
 
-def tree_shardings(mesh, tree) -> Any:
+def tree_shardings(mesh, tree, min_size: int = MIN_SHARDED_SIZE) -> Any:
   """`NamedSharding`s for every array (or ShapeDtypeStruct) leaf of `tree`."""
   fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp)), tree)
+  return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp, min_size)),
+                      tree)
 
 
 def replicated(mesh) -> NamedSharding:

@@ -158,7 +158,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
                                opt_state=tx.init(params), rng=rng)
 
   state, state_shardings = loop_lib.create_sharded_state(
-      init_fn, jax.random.PRNGKey(config.seed), mesh)
+      init_fn, jax.random.PRNGKey(config.seed), mesh, config.mesh.min_shard_size)
 
   # ---------------------------------------------------------------------- restore
   checkpointer = checkpointing.Checkpointer(

@@ -75,7 +75,8 @@ class Preemption:
     self._previous = {}
 
 
-def create_sharded_state(init_fn: Callable[[jax.Array], TrainState], rng: jax.Array, mesh):
+def create_sharded_state(init_fn: Callable[[jax.Array], TrainState], rng: jax.Array, mesh,
+                         min_shard_size: int = sharding.MIN_SHARDED_SIZE):
   """Initialises the state directly into its shardings (shapes first, then a jitted init).
 
   Returns `(state, shardings)`; the shardings are reused for the step's in/out shardings and
@@ -83,8 +84,9 @@ def create_sharded_state(init_fn: Callable[[jax.Array], TrainState], rng: jax.Ar
   """
   abstract = jax.eval_shape(init_fn, rng)
   shardings = TrainState(
-      step=sharding.replicated(mesh), params=sharding.tree_shardings(mesh, abstract.params),
-      opt_state=sharding.tree_shardings(mesh, abstract.opt_state),
+      step=sharding.replicated(mesh),
+      params=sharding.tree_shardings(mesh, abstract.params, min_shard_size),
+      opt_state=sharding.tree_shardings(mesh, abstract.opt_state, min_shard_size),
       rng=sharding.replicated(mesh))
   state = jax.jit(init_fn, out_shardings=shardings)(rng)
   return state, shardings

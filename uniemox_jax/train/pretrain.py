@@ -48,18 +48,25 @@ def make_train_step(config, model: uniemox.UniEmoX, teacher: clip.CLIP, tx, lr_f
   t_mean, t_std = ((clip.CLIP_MEAN, clip.CLIP_STD) if config.teacher.input_norm == "clip"
                    else (IMAGENET_MEAN, IMAGENET_STD))
 
+  need_image = bool(weights["sim"] or weights["con"])
+  need_text = bool(weights["con"] or weights["nce"])
+
   def teacher_targets(teacher_params, batch):
-    pixels = normalize(batch["scene"], t_mean, t_std)
-    if pixels.shape[1] != teacher_size:
-      pixels = jax.image.resize(pixels, pixels.shape[:1] + (teacher_size, teacher_size, 3),
-                                "bicubic")
-    omega = teacher.apply({"params": teacher_params}, pixels, method="encode_image")
-    if cached_text:
-      lam = batch["text_emb"]
-    else:
-      lam = teacher.apply({"params": teacher_params}, batch["caption_ids"], method="encode_text")
-    return (jax.lax.stop_gradient(omega.astype(jnp.float32)),
-            jax.lax.stop_gradient(lam.astype(jnp.float32)))
+    """Ω (CLIP image features of the unmasked scene view) and Λ (caption features); each
+    only when a switched-on loss term uses it."""
+    omega = lam = None
+    if need_image:
+      pixels = normalize(batch["scene"], t_mean, t_std)
+      if pixels.shape[1] != teacher_size:
+        pixels = jax.image.resize(pixels, pixels.shape[:1] + (teacher_size, teacher_size, 3),
+                                  "bicubic")
+      omega = teacher.apply({"params": teacher_params}, pixels, method="encode_image")
+      omega = jax.lax.stop_gradient(omega.astype(jnp.float32))
+    if need_text:
+      lam = batch["text_emb"] if cached_text else teacher.apply(
+          {"params": teacher_params}, batch["caption_ids"], method="encode_text")
+      lam = jax.lax.stop_gradient(lam.astype(jnp.float32))
+    return omega, lam
 
   def step(state: loop_lib.TrainState, teacher_params, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -100,6 +107,31 @@ def make_train_step(config, model: uniemox.UniEmoX, teacher: clip.CLIP, tx, lr_f
   return step
 
 
+def peak_learning_rate(config) -> float:
+  return config.optim.lr or optim.scaled_lr(config.optim.base_lr, config.batch_size)
+
+
+def init_train_state(config, mesh, teacher_dim: int, total_steps: int, warmup_steps: int):
+  """Model, optimizer and the train state created directly into its shardings.
+
+  Returns `(model, tx, lr_fn, state, state_shardings)`.
+  """
+  model = build_model(config, teacher_dim)
+  abstract_params = jax.eval_shape(functools.partial(uniemox.init_params, model))
+  tx, lr_fn = optim.make_optimizer(config.optim, abstract_params,
+                                   peak_lr=peak_learning_rate(config),
+                                   total_steps=total_steps, warmup_steps=warmup_steps)
+
+  def init_fn(rng):
+    params = model.init(rng, *_dummy_inputs(model))["params"]
+    return loop_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               opt_state=tx.init(params), rng=rng)
+
+  state, shardings = loop_lib.create_sharded_state(
+      init_fn, jax.random.PRNGKey(config.seed), mesh, config.mesh.min_shard_size)
+  return model, tx, lr_fn, state, shardings
+
+
 def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   # ---------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -127,20 +159,10 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
                                                                 "teacher_cache"))
 
   # ---------------------------------------------------------------------- model, optimizer
-  model = build_model(config, teacher.spec.projection_dim)
-  peak_lr = config.optim.lr or optim.scaled_lr(config.optim.base_lr, config.batch_size)
-  abstract_params = jax.eval_shape(functools.partial(uniemox.init_params, model))
-  tx, lr_fn = optim.make_optimizer(config.optim, abstract_params, peak_lr=peak_lr,
-                                   total_steps=total, warmup_steps=warmup)
-
-  def init_fn(rng):
-    params = model.init(rng, *_dummy_inputs(model))["params"]
-    return loop_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=tx.init(params), rng=rng)
-
   # ---------------------------------------------------------------------- sharded init
-  rng = jax.random.PRNGKey(config.seed)
-  state, state_shardings = loop_lib.create_sharded_state(init_fn, rng, mesh)
+  model, tx, lr_fn, state, state_shardings = init_train_state(
+      config, mesh, teacher.spec.projection_dim, total, warmup)
+  peak_lr = peak_learning_rate(config)
   logging.info("UniEmoX %s: %.1fM trainable parameters; teacher %s (frozen, not checkpointed)",
                config.model.variant,
                sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)) / 1e6,

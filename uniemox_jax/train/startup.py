@@ -147,6 +147,10 @@ def _source_tree(path: str, target: str, config) -> tuple[dict, str, convert.Loa
     encoder = (params["mae"]["encoder"] if kind == "pretrain" else params["encoder"]
                if kind == "finetune" else params)
     if target == "encoder":
+      if kind == "finetune":
+        raise ValueError(f"config.init={path!r} is a fine-tuned classifier (its encoder has no "
+                         "final norm); a linear probe needs pre-trained encoder weights: a "
+                         "UniEmoX pre-training run or an MAE checkpoint")
       return dict(encoder), desc, None
     out = {"encoder": dict(encoder)}
     for key in ("fc_norm", "head"):
