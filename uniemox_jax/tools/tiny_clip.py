@@ -56,10 +56,13 @@ def make_tiny_clip(out_dir: str, corpus: list[str], seed: int = 0, **sizes) -> s
   return out_dir
 
 
-_OUT = flags.DEFINE_string("out", None, "Output directory.")
-_CAPTIONS = flags.DEFINE_string("captions_from", None,
-                                "An EmoSet-layout directory whose captions train the vocabulary.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights.")
+def _define_flags():
+  """CLI flags, defined only when run as a program (importing this module defines none)."""
+  global _OUT, _CAPTIONS, _SEED
+  _OUT = flags.DEFINE_string("out", None, "Output directory.")
+  _CAPTIONS = flags.DEFINE_string("captions_from", None,
+                                  "An EmoSet-layout directory whose captions train the vocabulary.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights.")
 
 
 def main(argv):
@@ -69,5 +72,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["out", "captions_from"])
   app.run(main)
