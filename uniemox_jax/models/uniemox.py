@@ -50,8 +50,16 @@ class UniEmoX(nn.Module):
         remat=self.remat, attention_impl=self.attention_impl, name="mae")
 
   @property
+  def spec(self) -> vit.Variant:
+    """The resolved sizes (variant defaults with this module's overrides)."""
+    return mae.MaskedAutoencoder(
+        variant=self.variant, image_size=self.image_size, patch_size=self.patch_size,
+        decoder_width=self.decoder_width, decoder_depth=self.decoder_depth,
+        decoder_heads=self.decoder_heads, parent=None).spec
+
+  @property
   def patch_size_(self) -> int:
-    return self.patch_size or vit.get_variant(self.variant).patch_size
+    return self.spec.patch_size
 
   @property
   def num_patches(self) -> int:
