@@ -111,7 +111,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   x_all, y_all = jnp.asarray(standard[config.data.train_split][0]), jnp.asarray(train_y)
 
   @jax.jit
-  def train_epoch(head, opt_state, key, step0):
+  def train_epoch(head, opt_state, key):
     order = jax.random.permutation(key, x_all.shape[0])[:steps_per_epoch * batch]
     order = order.reshape(steps_per_epoch, batch)
 
@@ -139,8 +139,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   key = jax.random.PRNGKey(config.seed)
   for epoch in range(epochs):
     preemption.check("linear probe")
-    head, opt_state, loss = train_epoch(head, opt_state, jax.random.fold_in(key, epoch),
-                                        epoch * steps_per_epoch)
+    head, opt_state, loss = train_epoch(head, opt_state, jax.random.fold_in(key, epoch))
     if (epoch + 1) % max(1, int(config.eval.every_epochs)) == 0 or epoch + 1 == epochs:
       val = evaluate(head, config.data.val_split)
       if val["top1"] > best[0]:

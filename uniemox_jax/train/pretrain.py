@@ -177,13 +177,12 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   state = start.state
 
   # ---------------------------------------------------------------------- data iterator
+  # Captions are tokenised in the pipeline only when the text tower runs every step.
+  tokenize = bool(config.loss.con or config.loss.nce) and text_cache is None
   transform = pipeline.PretrainTransform(
-      image_size=config.model.image_size,
-      tokenizer_path=None if text_cache is not None else tokenizer_path,
+      image_size=config.model.image_size, tokenizer_path=tokenizer_path if tokenize else None,
       scale=(config.data.scale_min, 1.0), person_view=config.data.person_view,
       caption_field=config.data.caption_field)
-  if not (config.loss.con or config.loss.nce):
-    transform.tokenizer_path = None
   ds = pipeline.train_dataset(source, transform, global_batch=config.batch_size,
                               seed=config.seed, shard=shard)
   grain_iter = pipeline.to_iter(ds, config.data.num_workers, config.data.read_threads or None)

@@ -99,8 +99,11 @@ def text_embeddings(teacher: clip.CLIP, teacher_params, tokenizer_path: str, tea
                "longer than %d tokens and truncated", len(captions),
                time.perf_counter() - start, truncated, context_length)
   if jax.process_index() == 0:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, emb)
-    os.replace(tmp, path)
+    try:
+      os.makedirs(cache_dir, exist_ok=True)
+      tmp = f"{path}.tmp{os.getpid()}.npy"
+      np.save(tmp, emb)
+      os.replace(tmp, path)
+    except OSError as e:  # a read-only data directory: recomputed next time, nothing lost
+      logging.warning("could not write the text-embedding cache %s (%s)", path, e)
   return emb
