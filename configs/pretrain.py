@@ -77,7 +77,7 @@ def get_config(arg=None):
       caption_field="caption",           # or 'caption_no_emotion' (label kept out of the text)
       scale_min=0.2,                     # RandomResizedCrop scale (0.2, 1)
       num_workers=8,                     # Grain worker processes (0: in the main process)
-      read_threads=0,                    # per-process read threads (0: Grain's default)
+      read_threads=0,                    # per-process read threads (0: the pipeline default, min(16, 2 × cores))
       prefetch=2,                        # batches prefetched onto the devices
   ))
   components = set(args.components.split("+"))

@@ -41,3 +41,18 @@ def test_pretrain_step_benchmark_tiny():
   assert 0 < r["mfu"] == r["mfu_xla"]
   assert r["loss"] == r["loss"]  # finite enough not to be NaN
   assert "img/s" in proc.stderr  # the readable summary
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_tiny(tmp_path):
+  cmd = [sys.executable, os.path.join(REPO, "benchmarks", "input_pipeline.py"),
+         "--num_images=16", "--width=64", "--height=48", "--image_size=32", "--batch=4",
+         "--min_seconds=0.5", "--min_batches=2", "--workers=0,1", "--warmup=1",
+         f"--keep_data={tmp_path / 'data'}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert {(r["pipeline"], r["workers"]) for r in rows} == {
+      (p, w) for p in ("pretrain", "finetune", "eval") for w in (0, 1)}
+  assert all(r["images_per_s"] > 0 and r["images_per_s_per_core"] > 0 for r in rows)

@@ -256,10 +256,6 @@ def test_iterator_state_restores_exactly_the_next_batches(emoset, num_workers):
   fresh = pipeline.to_iter(ds, num_workers)
   fresh.set_state(state)
   _assert_batches_equal(_batches(fresh, 2), expected)
-  if num_workers == 0:   # the in-process iterator restores the worker iterator's state too
-    plain = pipeline.to_iter(ds)
-    plain.set_state(state)
-    _assert_batches_equal(_batches(plain, 2), expected)
 
 
 def test_batch_iterator_state_follows_the_returned_batches(emoset):
