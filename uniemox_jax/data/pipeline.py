@@ -25,6 +25,7 @@ import math
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grain
@@ -316,6 +317,9 @@ class BatchIterator:
     self._extra_fn = extra_fn
     self._state = grain_iter.get_state()
     self._peeked = None
+    # Time the consumer spent blocked waiting for the next batch: an input-bound run shows
+    # up as a large fraction of the step time (logged as `data_wait_frac`).
+    self.wait_seconds = 0.0
     self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._work, daemon=True, name="batch-prefetch")
@@ -349,7 +353,10 @@ class BatchIterator:
     if self._peeked is not None:
       item, self._peeked = self._peeked, None
       return item
-    return self._queue.get()
+    start = time.perf_counter()
+    item = self._queue.get()
+    self.wait_seconds += time.perf_counter() - start
+    return item
 
   def peek(self) -> dict:
     """The next batch, without consuming it (the state does not move)."""

@@ -194,9 +194,16 @@ class Loop:
       if flush or done_step % self.log_every == 0 or done_step == self.total_steps:
         log_window(done_step)
 
+    wait = {"seconds": getattr(self.batches, "wait_seconds", 0.0), "time": time.perf_counter()}
+
     def log_window(done_step: int):
       mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
       window.clear()
+      now, waited = time.perf_counter(), getattr(self.batches, "wait_seconds", 0.0)
+      # Fraction of the wall time the loop sat waiting for input: near 0 when the input
+      # pipeline keeps up, near 1 when it is the bottleneck.
+      mean["data_wait_frac"] = (waited - wait["seconds"]) / max(now - wait["time"], 1e-9)
+      wait.update(seconds=waited, time=now)
       mean.update(progress.measure(done_step))
       mean.update(metrics_lib.device_memory())
       mean["epoch"] = done_step / max(self.steps_per_epoch, 1)
@@ -206,6 +213,7 @@ class Loop:
     def evaluate(at_step: int) -> dict | None:
       drain()
       result = self.eval_fn(state, at_step)
+      wait.update(seconds=getattr(self.batches, "wait_seconds", 0.0), time=time.perf_counter())
       self.writer.write(at_step, result, prefix="val/")
       logging.info("eval at step %d: %s", at_step,
                    {k: round(v, 4) for k, v in result.items() if isinstance(v, float)})
