@@ -48,3 +48,11 @@ def build_demo_env(root: str, per_class=(3, 1, 1), clip_image_size: int = 32) ->
 @pytest.fixture(scope="session")
 def demo_env(tmp_path_factory) -> DemoEnv:
   return build_demo_env(str(tmp_path_factory.mktemp("demo_env")))
+
+
+# Modules that need PyTorch at import are not collected where it is not installed (Python
+# 3.12 here); their tests carry the `torch` marker, and CI deselects that marker there.
+try:
+  import torch  # noqa: F401
+except ImportError:
+  collect_ignore = ["test_mae_parity.py"]
