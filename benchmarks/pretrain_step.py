@@ -330,17 +330,11 @@ def run(config, teacher_name: str) -> dict:
                          cache_text, model.uses_person_view)
   batch_arrays = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
                   for k, v in host.items()}
-  batch_shardings = jax.tree.map(lambda x: x.sharding, batch_arrays)
 
   # ------------------------------------------------------------------ the real step, compiled
-  groups = sharding.num_batch_shards(mesh) if config.loss.relation_scope == "local" else 1
-  step = pretrain.make_train_step(config, model, teacher, tx, lr_fn, groups, cache_text)
-  jitted = jax.jit(step, in_shardings=(state_shardings, sharding.replicated(mesh),
-                                       batch_shardings),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)),
-                   donate_argnums=(0,))
-  compiled, compile_info = loop_lib.aot_compile(jitted, state, teacher_params, batch_arrays,
-                                                name="pretrain step")
+  compiled, compile_info = pretrain.compile_train_step(
+      config, mesh, model, teacher, tx, lr_fn, state, state_shardings, teacher_params,
+      batch_arrays, cached_text=cache_text)
 
   # ------------------------------------------------------------------ warm-up, then timed steps
   metrics = None

@@ -66,7 +66,10 @@ def test_every_readme_command_runs(demo_env, tmp_path):
              data / "mae_pretrain_vit_large.pth")
 
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PATH=os.path.dirname(
-      sys.executable) + os.pathsep + os.environ["PATH"], TPU_NAME="uniemox", ZONE="zone")
+      sys.executable) + os.pathsep + os.environ["PATH"], TPU_NAME="uniemox", ZONE="zone",
+             PYTHONPATH=REPO)
+  scratch = tmp_path / "cwd"
+  scratch.mkdir()
   exports = {}
   ran = []
   for command in readme_commands():
@@ -80,16 +83,21 @@ def test_every_readme_command_runs(demo_env, tmp_path):
       task = ("linear_probe" if "linear_probe.py" in command else
               "pretrain" if "pretrain.py" in command else "finetune")
       command += " " + " ".join(TINY[task])
-    command = command.replace("python ", f"{sys.executable} ", 1) if command.startswith(
-        ("python ", "HF_HUB")) else command
+    # Run from a scratch directory (relative outputs such as demo_out/ land there), with the
+    # repository's files named by absolute path.
+    command = re.sub(r"(?<![\w/])(main\.py|configs/|tpu/)", lambda m: f"{REPO}/{m.group(1)}",
+                     command)
+    if command.startswith("python "):
+      command = sys.executable + command[len("python"):]
     ran.append(command)
     overrides = {"DATA": str(data), "TFDS": str(data / "tfds"),
                  "CLIP": str(data / "clip-vit-base-patch16"),
                  "MAE": str(data / "mae_pretrain_vit_large.pth"), "WORK": str(tmp_path / "runs")}
     assert set(exports) <= set(overrides), exports
-    proc = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run(["bash", "-c", command], cwd=scratch, capture_output=True, text=True,
                           env=dict(env, **overrides), timeout=600)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-  assert sum("main.py" in c for c in ran) >= 4 and any("export" in c for c in ran)
+  assert sum("main.py" in c for c in ran) >= 6 and any("export" in c for c in ran)
+  assert os.path.exists(scratch / "demo_out" / "finetune" / "results.json")
   assert os.path.exists(tmp_path / "runs" / "ft_emo8" / "classifier.safetensors")
   assert os.path.exists(tmp_path / "runs" / "probe_emo8" / "results.json")

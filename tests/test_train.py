@@ -111,6 +111,7 @@ def test_crash_and_resume_equals_uninterrupted(demo_env, tmp_path, monkeypatch):
   assert resumed == straight  # bitwise, every step: data position and RNG restored exactly
 
 
+@pytest.mark.slow  # more end-to-end runs: the full (Python 3.11) CI run has them
 @pytest.mark.parametrize("where", ["compilation", "training"])
 def test_sigterm_saves_and_resumes_exactly(demo_env, tmp_path, monkeypatch, where):
   base = dict(total_steps=5, **{"checkpoint.every_steps": 100})
@@ -135,6 +136,7 @@ def test_sigterm_saves_and_resumes_exactly(demo_env, tmp_path, monkeypatch, wher
   assert tu.losses_by_step(tmp_path / "resumed") == tu.losses_by_step(tmp_path / "straight")
 
 
+@pytest.mark.slow  # more end-to-end runs: the full (Python 3.11) CI run has them
 def test_sigterm_during_a_save_in_progress(demo_env, tmp_path, monkeypatch):
   base = dict(total_steps=5, **{"checkpoint.every_steps": 2})
   original = checkpointing.Checkpointer.save
@@ -154,6 +156,7 @@ def test_sigterm_during_a_save_in_progress(demo_env, tmp_path, monkeypatch):
   assert _run(tu.pretrain_config(demo_env, **base), tmp_path)["status"] == "done"
 
 
+@pytest.mark.slow  # more end-to-end runs: the full (Python 3.11) CI run has them
 def test_sigterm_during_evaluation_leaves_a_checkpoint_that_resumes(demo_env, tmp_path,
                                                                     monkeypatch):
   from uniemox_jax.train import finetune
@@ -186,6 +189,7 @@ def test_sigterm_during_evaluation_leaves_a_checkpoint_that_resumes(demo_env, tm
   assert tu.losses_by_step(tmp_path / "resumed", "val/top1") == val_straight
 
 
+@pytest.mark.slow  # more end-to-end runs: the full (Python 3.11) CI run has them
 def test_truncated_latest_checkpoint_falls_back_to_the_previous(demo_env, tmp_path, caplog):
   _run(tu.pretrain_config(demo_env, total_steps=4), tmp_path)
   state_dir = tmp_path / "checkpoints" / "4" / "state"

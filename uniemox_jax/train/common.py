@@ -22,6 +22,16 @@ def normalize(pixels_u8: jax.Array, mean, std) -> jax.Array:
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def abstract_params(module, *inputs):
+  """The parameter shapes of a linen `module` for `inputs` (nothing is allocated)."""
+  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *inputs)["params"])
+
+
+def image_batch(image_size: int, batch: int = 2) -> jax.Array:
+  """A dummy `[batch, S, S, 3]` float32 image batch (shapes for initialisation)."""
+  return jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
+
+
 def load_split(config, split: str):
   """The random-access source of `config.data.name`/`split` (see `data.builders`)."""
   from uniemox_jax.data import builders

@@ -24,8 +24,8 @@ from uniemox_jax.data.classes import class_names_for
 from uniemox_jax.models import classifier, vit
 from uniemox_jax.train import loop as loop_lib
 from uniemox_jax.train import optim, run_info, startup
-from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, dtype_of, load_split,
-                                      normalize)
+from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, abstract_params, dtype_of,
+                                      image_batch, load_split, normalize)
 
 
 def build_classifier(config) -> classifier.ViTClassifier:
@@ -147,9 +147,8 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   model = build_classifier(config)
   depth = vit.get_variant(config.model.variant).depth
   peak_lr = config.optim.lr or optim.scaled_lr(config.optim.base_lr, config.batch_size)
-  dummy = jnp.zeros((2, model.image_size, model.image_size, 3), jnp.float32)
-  abstract_params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy)["params"])
-  tx, lr_fn = optim.make_optimizer(config.optim, abstract_params, peak_lr=peak_lr,
+  dummy = image_batch(model.image_size)
+  tx, lr_fn = optim.make_optimizer(config.optim, abstract_params(model, dummy), peak_lr=peak_lr,
                                    total_steps=total, warmup_steps=warmup, depth=depth)
 
   def init_fn(rng):
@@ -253,8 +252,7 @@ def run_eval(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   class_names = class_names_for(config.data.name)
   model = build_classifier(config)
-  dummy = jnp.zeros((2, model.image_size, model.image_size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy)["params"])
+  abstract = abstract_params(model, image_batch(model.image_size))
   params = startup.load_weights_into(config.init, abstract, target="finetune",
                                      allow_new=False, mesh=mesh, config=config)
   split = config.eval.split

@@ -24,7 +24,8 @@ from uniemox_jax.data import pipeline
 from uniemox_jax.data.classes import class_names_for
 from uniemox_jax.models import vit
 from uniemox_jax.train import loop as loop_lib, optim, run_info, startup
-from uniemox_jax.train.common import IMAGENET_MEAN, IMAGENET_STD, dtype_of, load_split, normalize
+from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, abstract_params, dtype_of,
+                                      image_batch, load_split, normalize)
 
 
 def build_encoder(config) -> vit.Encoder:
@@ -69,8 +70,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   class_names = class_names_for(config.data.name)
   encoder = build_encoder(config)
-  dummy = jnp.zeros((1, encoder.image_size, encoder.image_size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), dummy)["params"])
+  abstract = abstract_params(encoder, image_batch(encoder.image_size, 1))
   params = startup.load_weights_into(config.init, abstract, target="encoder", allow_new=False,
                                      mesh=mesh, config=config)
   run_info.write(workdir, config, {s: load_split(config, s) for s in

@@ -5,7 +5,6 @@ optimizer → sharded init → step function → checkpoint restore → loop.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -19,8 +18,8 @@ from uniemox_jax.data import pipeline
 from uniemox_jax.models import clip, uniemox, vit
 from uniemox_jax.train import loop as loop_lib
 from uniemox_jax.train import optim, run_info, startup, teacher_cache
-from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, dtype_of, load_split,
-                                      normalize)
+from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, abstract_params, dtype_of,
+                                      load_split, normalize)
 
 
 def build_model(config, teacher_dim: int) -> uniemox.UniEmoX:
@@ -107,6 +106,20 @@ def make_train_step(config, model: uniemox.UniEmoX, teacher: clip.CLIP, tx, lr_f
   return step
 
 
+def compile_train_step(config, mesh, model, teacher, tx, lr_fn, state, state_shardings,
+                       teacher_params, batch, cached_text: bool):
+  """The step jitted with explicit shardings (state donated) and compiled ahead of time for
+  `batch`'s shapes. Returns `(compiled, compile_info)`; call it as `compiled(state,
+  teacher_params, batch)`."""
+  groups = sharding.num_batch_shards(mesh) if config.loss.relation_scope == "local" else 1
+  step = make_train_step(config, model, teacher, tx, lr_fn, groups, cached_text)
+  replicated = sharding.replicated(mesh)
+  jitted = jax.jit(step, in_shardings=(state_shardings, replicated,
+                                       jax.tree.map(lambda x: x.sharding, batch)),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return loop_lib.aot_compile(jitted, state, teacher_params, batch, name="pretrain step")
+
+
 def peak_learning_rate(config) -> float:
   return config.optim.lr or optim.scaled_lr(config.optim.base_lr, config.batch_size)
 
@@ -117,8 +130,7 @@ def init_train_state(config, mesh, teacher_dim: int, total_steps: int, warmup_st
   Returns `(model, tx, lr_fn, state, state_shardings)`.
   """
   model = build_model(config, teacher_dim)
-  abstract_params = jax.eval_shape(functools.partial(uniemox.init_params, model))
-  tx, lr_fn = optim.make_optimizer(config.optim, abstract_params,
+  tx, lr_fn = optim.make_optimizer(config.optim, abstract_params(model, *_dummy_inputs(model)),
                                    peak_lr=peak_learning_rate(config),
                                    total_steps=total_steps, warmup_steps=warmup_steps)
 
@@ -198,17 +210,10 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
                                    extra_fn=extra_fn)
 
   # ---------------------------------------------------------------------- step function
-  groups = sharding.num_batch_shards(mesh) if config.loss.relation_scope == "local" else 1
-  step = make_train_step(config, model, teacher, tx, lr_fn, groups, text_cache is not None)
   try:
-    first = batches.peek()
-    batch_shardings = jax.tree.map(lambda x: x.sharding, first)
-    jitted = jax.jit(step, in_shardings=(state_shardings, sharding.replicated(mesh),
-                                         batch_shardings),
-                     out_shardings=(state_shardings, sharding.replicated(mesh)),
-                     donate_argnums=(0,))
-    compiled, compile_info = loop_lib.aot_compile(jitted, state, teacher_params, first,
-                                                  name="pretrain step")
+    compiled, compile_info = compile_train_step(
+        config, mesh, model, teacher, tx, lr_fn, state, state_shardings, teacher_params,
+        batches.peek(), cached_text=text_cache is not None)
     writer = metrics_lib.MetricWriter(workdir, config.log.tensorboard)
     writer.write(start.step, compile_info, prefix="compile/")
 
