@@ -55,7 +55,7 @@ class Decoder(nn.Module):
       x = block(self.num_heads, self.mlp_dim, 0.0, self.dtype, self.attention_impl,
                 name=f"blocks_{i}")(x, False)
     x = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype, name="norm")(x)
-    x = nn.Dense(self.patch_dim, dtype=self.dtype, kernel_init=vit.dense_init, name="pred")(x)
+    x = vit.Dense(self.patch_dim, dtype=self.dtype, name="pred")(x)
     x = x.astype(jnp.float32)
     if self.output == "cls_broadcast":
       return jnp.broadcast_to(x[:, :1], (b, length, self.patch_dim))
@@ -128,8 +128,7 @@ class MaskedAutoencoder(nn.Module):
                  "ids_restore": jnp.broadcast_to(
                      jnp.arange(self.num_patches, dtype=jnp.int32),
                      (latent.shape[0], self.num_patches))}
-    embed = nn.Dense(s.decoder_width, dtype=self.dtype, kernel_init=vit.dense_init,
-                     name="decoder_embed")
+    embed = vit.Dense(s.decoder_width, dtype=self.dtype, name="decoder_embed")
     aux = dict(enc_aux, encoded=latent, cls=latent[:, 0].astype(jnp.float32))
     if not decode:
       aux["cls_embed"] = embed(latent[:, :1])[:, 0].astype(jnp.float32)

@@ -169,6 +169,33 @@ def unpatchify(patches: jax.Array, patch_size: int, grid: Sequence[int] | None =
 dense_init = nn.initializers.xavier_uniform()
 
 
+def flat_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                     preferred_element_type=None, **kwargs):
+  """`lax.dot_general` that runs a `[..., D] × [D, F]` product as one 2-D matmul.
+
+  Same result; but the backward pass then contracts one flattened axis instead of (batch,
+  tokens), which XLA's CPU backend runs on its fast bfloat16 kernels (a bfloat16 MLP's
+  gradient is 3× faster on a CPU with bf16 matrix units); on GPUs and TPUs the reshapes are
+  free.
+  """
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  if (lhs.ndim > 2 and tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
+      and not lhs_batch and not rhs_batch):
+    out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
+                              precision=precision,
+                              preferred_element_type=preferred_element_type, **kwargs)
+    return out.reshape(*lhs.shape[:-1], *out.shape[1:])
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type, **kwargs)
+
+
+def Dense(features: int, *, dtype: Dtype = jnp.float32, name: str | None = None,
+          kernel_init=dense_init, **kwargs) -> nn.Dense:
+  """`nn.Dense` with MAE's Xavier init and `flat_dot_general` (same parameters and names)."""
+  return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, dot_general=flat_dot_general,
+                  name=name, **kwargs)
+
+
 def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
   # Flax computes the statistics in at least float32 whatever `dtype` is.
   return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
@@ -217,10 +244,10 @@ class Attention(nn.Module):
     b, t, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
-    qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=dense_init, name="qkv")(x)
+    qkv = Dense(3 * d, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
     out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl)
-    return nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="proj")(out.reshape(b, t, d))
+    return Dense(d, dtype=self.dtype, name="proj")(out.reshape(b, t, d))
 
 
 class Mlp(nn.Module):
@@ -230,9 +257,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
-    y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=dense_init, name="fc1")(x)
+    y = Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
     y = nn.gelu(y, approximate=False)
-    return nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="fc2")(y)
+    return Dense(d, dtype=self.dtype, name="fc2")(y)
 
 
 class Block(nn.Module):
