@@ -111,8 +111,8 @@ def saved(tmp_path_factory):
 def torch_clip(spec, seed=0, **config_overrides):
     """A random transformers CLIPModel with every parameter perturbed (so LayerNorms and biases
     are not trivially 1/0). The config is written with transformers' own names here."""
-    torch = pytest.importorskip('torch')
-    transformers = pytest.importorskip('transformers')
+    import torch  # the `torch` marker keeps this test out of runs without it
+    import transformers  # the `torch` marker keeps this test out of runs without it
     common = dict(hidden_act='quick_gelu', layer_norm_eps=1e-5)
     text = dict(vocab_size=spec.vocab_size, hidden_size=spec.text_width,
                 intermediate_size=spec.text_mlp_dim, num_hidden_layers=spec.text_layers,
@@ -216,7 +216,7 @@ def _torchscript_archive(state, path):
 @pytest.mark.filterwarnings('ignore:`torch.jit.(script|save)` is deprecated:DeprecationWarning')
 @pytest.mark.parametrize('kind', ['pickle', 'torchscript', 'open_clip_wrapped', 'fp16'])
 def test_openai_layout_parity(tmp_path, kind):
-    torch = pytest.importorskip('torch')
+    import torch  # the `torch` marker keeps this test out of runs without it
     ref = torch_clip(OPENAI_SPEC)
     openai = {k: torch.from_numpy(v) for k, v in to_openai_layout(torch_state_numpy(ref)).items()}
     path = tmp_path / 'ViT-tiny.pt'
@@ -246,8 +246,8 @@ def test_openai_layout_parity(tmp_path, kind):
 
 @pytest.mark.torch
 def test_save_pretrained_loads_in_transformers(saved):
-    pytest.importorskip('torch')
-    transformers = pytest.importorskip('transformers')
+    import torch  # noqa: F401
+    import transformers  # the `torch` marker keeps this test out of runs without it
     out, params = saved
     ref, info = transformers.CLIPModel.from_pretrained(out, output_loading_info=True)
     ref.eval()

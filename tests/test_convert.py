@@ -499,7 +499,7 @@ def test_uniemox_fusion_mismatch_and_teacher_projection(tmp_path, official_sd):
 @pytest.mark.torch
 @pytest.mark.parametrize("layout", ["model", "module", "bare", "state_dict"])
 def test_pth_layouts(tmp_path, mae_params, official_sd, layout):
-  torch = pytest.importorskip("torch")
+  import torch  # the `torch` marker keeps this test out of runs without it
   sd = {k: torch.from_numpy(v.copy()) for k, v in official_sd.items()}
   obj = {"model": sd, "epoch": 5}
   if layout == "module":
@@ -516,7 +516,7 @@ def test_pth_layouts(tmp_path, mae_params, official_sd, layout):
 
 @pytest.mark.torch
 def test_pth_half_precision(tmp_path, official_sd):
-  torch = pytest.importorskip("torch")
+  import torch  # the `torch` marker keeps this test out of runs without it
   path = str(tmp_path / "bf16.pth")
   torch.save({"model": {k: torch.from_numpy(v.copy()).to(torch.bfloat16)
                         for k, v in official_sd.items()}}, path)
@@ -529,7 +529,7 @@ def test_pth_half_precision(tmp_path, official_sd):
 @pytest.mark.torch
 def test_released_uniemox_pth_with_attention_fusion(tmp_path, mae_params, official_sd):
   """The file main_pretrain.py writes: DDP prefixes, optimizer state, the argparse args."""
-  torch = pytest.importorskip("torch")
+  import torch  # the `torch` marker keeps this test out of runs without it
   torch.manual_seed(0)
   c = 32
 
@@ -578,7 +578,7 @@ def test_released_uniemox_pth_with_attention_fusion(tmp_path, mae_params, offici
 
 @pytest.mark.torch
 def test_pickled_objects_are_refused_with_a_clear_error(tmp_path):
-  torch = pytest.importorskip("torch")
+  import torch  # the `torch` marker keeps this test out of runs without it
   path = str(tmp_path / "evil.pth")
   torch.save({"model": {"w": torch.zeros(1)}, "extra": os.stat_result((0,) * 10)}, path)
   with pytest.raises(ValueError, match="weights_only=True"):
