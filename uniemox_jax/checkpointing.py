@@ -97,9 +97,7 @@ class Checkpointer:
       logging.info("checkpoint %d already exists; not saving again", step)
       return False
     if metrics:
-      self._record[int(step)] = {k: float(v) for k, v in metrics.items()
-                                 if isinstance(v, (int, float, np.floating, np.integer))}
-      self._write_record()
+      self.record_metrics(step, metrics)
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data if data is not None else {}),
@@ -108,12 +106,6 @@ class Checkpointer:
     if saved:
       logging.info("checkpoint: saving step %d to %s", step, self.directory)
     return saved
-
-  def delete(self, step: int):
-    if step in self._manager.all_steps():
-      self._manager.delete(step)
-    if self._record.pop(int(step), None) is not None:
-      self._write_record()
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -129,6 +121,12 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     steps = self.all_steps()
     return steps[-1] if steps else None
+
+  def record_metrics(self, step: int, metrics: dict):
+    """Records evaluation `metrics` of checkpoint `step` (the best-checkpoint ranking)."""
+    self._record[int(step)] = {k: float(v) for k, v in metrics.items()
+                               if isinstance(v, (int, float, np.floating, np.integer))}
+    self._write_record()
 
   def _write_record(self):
     if jax.process_index() != 0 or self._read_only:

@@ -224,12 +224,8 @@ class Loop:
       self.preemption.check("compilation", step)
       if eval_pending and self.eval_fn is not None:
         logging.info("redoing the evaluation at step %d that a pre-emption interrupted", step)
-        result = evaluate(step)
-        # Re-save the restored checkpoint with its evaluation result (for best-checkpoint
-        # retention): same state, same data position.
-        self.checkpointer.wait()
-        self.checkpointer.delete(step)
-        self.save(state, step, metrics=result)
+        # Recorded with the restored checkpoint (best-checkpoint retention reads it there).
+        self.checkpointer.record_metrics(step, evaluate(step))
       for step in range(start_step, self.total_steps):
         self.preemption.check("training", step)
         batch = next(self.batches)
@@ -256,33 +252,16 @@ class Loop:
       logging.warning("%s at step %d: saving a checkpoint, then stopping. Run the same "
                       "command again to resume.", e, step_now)
       self.checkpointer.wait()
-      if step_now in self.checkpointer.all_steps():
-        if e.where == "evaluation":
-          # The checkpoint of this step exists but its evaluation did not finish.
-          logging.warning("checkpoint %d exists; its evaluation will be redone on resume",
-                          step_now)
-          self._mark_eval_pending(step_now)
-      else:
+      if step_now not in self.checkpointer.all_steps():
         self.save(state, step_now, eval_pending=e.where == "evaluation")
+      # (An existing checkpoint of this step is either complete with its evaluation, or was
+      # saved with `eval_pending` and has no recorded result yet: resuming redoes it.)
       self.checkpointer.wait()
       self.writer.flush()
       return state, "preempted"
 
-  def _mark_eval_pending(self, step: int):
-    # Small JSON marker next to the checkpoints; read back by `eval_pending_after_restore`.
-    import json
-    import os
-    path = os.path.join(self.checkpointer.directory, f"eval_pending_{step}.json")
-    if jax.process_index() == 0:
-      with open(path, "w") as f:
-        json.dump({"step": step}, f)
-
 
 def eval_pending_after_restore(checkpointer: checkpointing.Checkpointer, step: int,
                                meta: dict) -> bool:
-  import os
-  marker = os.path.join(checkpointer.directory, f"eval_pending_{step}.json")
-  pending = bool(meta.get("eval_pending")) or os.path.exists(marker)
-  if os.path.exists(marker) and jax.process_index() == 0:
-    os.remove(marker)
-  return pending
+  """Whether the evaluation due at the restored `step` was interrupted (and not redone)."""
+  return bool(meta.get("eval_pending")) and checkpointer.metrics(step) is None
