@@ -12,8 +12,10 @@ Launch (the dataset as the argument: emo8, fi, emotion6, unbiasedemo, caer_s, he
       --config.data.data_dir=$TFDS_DIR --config.init=$PRETRAIN_WORKDIR
 
 `config.init` may be a UniEmoX pre-training workdir or Orbax checkpoint, or an official
-MAE / UniEmoX PyTorch checkpoint (.pth). Expect on the order of an hour per 100 epochs for
-L/16 on FI-sized data with 8 GPUs; the printed results name the selected epoch.
+MAE / UniEmoX PyTorch checkpoint (.pth). What to expect: val top-1/top-3 after every epoch,
+the best epoch's test top-1/top-3 at the end; an L/16 training step costs about 0.36 TFLOP
+per image (3 × the 0.12-TFLOP forward pass over 197 tokens). On the demo's emo8 look-alike
+the `mu` model reaches test top-1 1.0 in 30 epochs.
 
 Arguments: `<dataset>` and optionally `variant=B/16|L/16|H/14`, `demo` (the embedded demo:
 tiny model, generated emo8 look-alike; `bash demo.sh` runs it after pre-training).
