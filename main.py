@@ -30,7 +30,10 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   logging.get_absl_handler().use_absl_log_file("log", _WORKDIR.value)
   logging.set_stderrthreshold("info")
-  result = train.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = train.run(_CONFIG.value, _WORKDIR.value)
+  except train.UserError as e:  # a wrong config or missing data: the message says it all
+    raise SystemExit(f"error: {e}") from None
   if result.get("status") == "preempted":
     logging.warning("pre-empted: checkpoint saved in %s; run the same command to resume",
                     _WORKDIR.value)

@@ -11,7 +11,11 @@ import time
 import jax
 from absl import logging
 
+from uniemox_jax.data.builders import DatasetNotPreparedError, ManualDirError
 from uniemox_jax.train import validation
+
+# Errors whose message tells the user what to fix: main.py prints them without a traceback.
+UserError = (validation.ConfigError, DatasetNotPreparedError, ManualDirError)
 
 
 def initialize_distributed(force: bool = False) -> None:
