@@ -32,6 +32,7 @@ import grain
 import numpy as np
 
 from uniemox_jax.data import tokenizer as tokenizer_lib
+from uniemox_jax.data.builders import ensure_absl_flags
 from uniemox_jax.data import transforms
 
 PERSON_VIEWS = ("detector_crop", "second_view")
@@ -44,17 +45,10 @@ CAPTION_FIELDS = ("caption", "caption_no_emotion")
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def _mark_absl_parsed():
-  # Worker processes import absl-logging code outside an absl app; unparsed flags would make
-  # absl.logging complain on first use.
-  from absl import flags
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-
-
 def _worker_init(worker_index: int, worker_count: int):
+  # Worker processes run absl-logging code outside an absl app.
   del worker_index, worker_count
-  _mark_absl_parsed()
+  ensure_absl_flags()
 
 
 # --------------------------------------------------------------------------------------
@@ -291,7 +285,7 @@ def to_iter(ds: grain.MapDataset, num_workers: int = 0, read_threads: int | None
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                prefetch_buffer_size=threads + buffer_size))
   if num_workers > 0:
-    _mark_absl_parsed()  # Grain reads its absl flags in this process too, when starting workers
+    ensure_absl_flags()  # Grain reads its absl flags in this process too, when starting workers
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=buffer_size),
         worker_init_fn=_worker_init)
