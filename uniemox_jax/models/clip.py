@@ -354,8 +354,8 @@ class SelfAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    """x: [B, L, W]; mask: bool [L, L], True where a query may attend a key. -> [B, L, W]."""
+  def __call__(self, x: Array, causal: bool = False) -> Array:
+    """x: [B, L, W] -> [B, L, W]; `causal`: each token attends to itself and earlier ones."""
     batch, length, _ = x.shape
     head_dim = self.width // self.heads
     in_std = self.width**-0.5 * (2 * self.num_layers) ** -0.5
@@ -364,11 +364,7 @@ class SelfAttention(nn.Module):
     q = split(dense(kernel_init=nn.initializers.normal(in_std), name='query')(x))
     k = split(dense(kernel_init=nn.initializers.normal(in_std), name='key')(x))
     v = split(dense(kernel_init=nn.initializers.normal(in_std), name='value')(x))
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) * head_dim**-0.5
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, self.width)
+    out = vit.attention(q, k, v, causal=causal).reshape(batch, length, self.width)
     return dense(kernel_init=nn.initializers.normal(self.width**-0.5), name='out')(out)
 
 
@@ -413,10 +409,12 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+  def __call__(self, x: Array, causal: bool = False) -> Array:
     """x: [B, L, W] -> [B, L, W]."""
     y = LayerNorm(self.eps, self.dtype, name='ln_1')(x)
-    x = x + SelfAttention(self.width, self.heads, self.num_layers, self.dtype, name='attn')(y, mask)
+    x = x + SelfAttention(self.width, self.heads, self.num_layers, self.dtype, name='attn')(
+      y, causal
+    )
     y = LayerNorm(self.eps, self.dtype, name='ln_2')(x)
     return x + Mlp(
       self.width, self.mlp_dim, self.num_layers, self.hidden_act, self.dtype, name='mlp'
@@ -561,7 +559,6 @@ class TextTower(nn.Module):
       'pos_embedding', nn.initializers.normal(0.01), (s.context_length, s.text_width), jnp.float32
     )
     x = tokens + pos[:length].astype(self.dtype)
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     for i in range(s.text_layers):
       x = Block(
         s.text_width,
@@ -572,7 +569,7 @@ class TextTower(nn.Module):
         s.hidden_act,
         self.dtype,
         name=f'block_{i}',
-      )(x, causal)
+      )(x, causal=True)
     x = LayerNorm(s.layer_norm_eps, self.dtype, name='ln_final')(x)
     if s.eos_token_id == LEGACY_EOS_TOKEN_ID:
       eos_index = jnp.argmax(input_ids, axis=-1)
