@@ -36,7 +36,7 @@ LEVEL_ATTRIBUTES = ('brightness', 'colorfulness')
 
 _INSTRUCTIONS = """\
 EmoSet-118K cannot be downloaded automatically. Get it from the authors' release
-(https://github.com/JingyuanYY/EmoSet: the README links the EmoSet-118K download; accept its
+(github.com/JingyuanYY/EmoSet: the README links the EmoSet-118K download; accept its
 terms), extract the archive, and pass the extracted directory as the manual directory
 (`python -m uniemox_jax.tools.prepare --dataset=emoset --manual_dir=DIR --data_dir=OUT`).
 That directory must contain:
