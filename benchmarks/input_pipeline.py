@@ -127,12 +127,24 @@ def _generate(root: str, num_images: int, size: tuple[int, int]) -> str:
   from uniemox_jax.data import builders, demo
   data_dir = os.path.join(root, "tfds")
   raw = os.path.join(root, "EmoSet")
-  if not os.path.exists(os.path.join(raw, "train.json")):
+  stamp = os.path.join(root, "generated.json")
+  wanted = {"num_images": num_images, "size": list(size)}
+  if os.path.exists(os.path.join(raw, "train.json")):
+    had = None
+    if os.path.exists(stamp):
+      with open(stamp) as f:
+        had = json.load(f)
+    if had != wanted:  # never time a different data set than the flags ask for
+      raise SystemExit(f"error: --keep_data={root} holds data generated with {had or 'unknown'}"
+                       f" settings, not {wanted}; name another directory or delete this one.")
+  else:
     t0 = time.perf_counter()
     per_class = max(1, math.ceil(num_images / 8))
     demo.write_emoset(raw, per_class=(per_class, 1, 1), image_size=size)
     logging.info("wrote %d %dx%d JPEGs in %.1f s", 8 * (per_class + 2), *size,
                  time.perf_counter() - t0)
+    with open(stamp, "w") as f:
+      json.dump(wanted, f)
   t0 = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):   # TFDS prints; stdout is for the JSON lines
     builders.prepare("emoset", raw, data_dir,

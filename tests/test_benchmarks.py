@@ -56,3 +56,8 @@ def test_input_pipeline_benchmark_tiny(tmp_path):
   assert {(r["pipeline"], r["workers"]) for r in rows} == {
       (p, w) for p in ("pretrain", "finetune", "eval") for w in (0, 1)}
   assert all(r["images_per_s"] > 0 and r["images_per_s_per_core"] > 0 for r in rows)
+  # --keep_data never reuses data generated with other settings: it says so instead.
+  proc = subprocess.run(cmd + ["--num_images=24", "--pipelines=eval", "--workers=0"],
+                        capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+  assert proc.returncode != 0
+  assert "--keep_data=" in proc.stderr and "'num_images': 24" in proc.stderr
