@@ -74,6 +74,17 @@ def test_gradients_reach_student_and_are_zero_for_stopped_teacher():
   assert float(jnp.abs(gs).sum()) > 0
   assert float(jnp.abs(gi).sum()) == 0.0 and float(jnp.abs(gt).sum()) == 0.0
 
+  # Not vacuous: both terms do depend on the teacher's inputs, so the zeros above come from
+  # stopping the gradient (as the train step and the frozen CLIP do), not from the losses.
+  def unstopped(student, teacher_image, teacher_text):
+    return (losses.relation_loss(student, teacher_image, teacher_text)
+            + losses.similarity_loss(student, teacher_image))
+
+  _, gi, gt = jax.grad(unstopped, argnums=(0, 1, 2))(s, ti, tt)
+  assert float(jnp.abs(gi).sum()) > 0 and float(jnp.abs(gt).sum()) > 0
+  # And the pre-training loss, through the frozen teacher module, gives its weights exactly zero
+  # gradient: tests/test_clip.py::test_frozen_teacher_passes_no_gradient.
+
 
 def test_info_nce_hand_case_and_symmetry():
   a = jnp.eye(3)

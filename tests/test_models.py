@@ -47,6 +47,14 @@ def test_mae_initialisation(mu_mae):
   cls = np.asarray(enc["cls_token"])
   assert 0.005 < cls.std() < 0.05  # normal(0.02)
   assert "pos_embed" not in enc  # fixed sin-cos, not a parameter
+  dec = params["decoder"]
+  mask_token = np.asarray(dec["mask_token"])
+  assert mask_token.shape == (1, 1, 32) and 0.005 < mask_token.std() < 0.05  # normal(0.02)
+  for kernel, (fan_in, fan_out) in ((params["decoder_embed"]["kernel"], (32, 32)),
+                                    (dec["pred"]["kernel"], (32, 8 * 8 * 3))):
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    assert limit * 0.8 < np.abs(np.asarray(kernel)).max() <= limit  # Xavier-uniform
+  np.testing.assert_array_equal(dec["pred"]["bias"], 0.0)
 
 
 def test_decode_false_skips_decoder_but_gives_same_token(mu_mae):
@@ -68,7 +76,15 @@ def test_cls_broadcast_reproduces_released_decoder(mu_mae):
   pred_b, aux = broadcast.apply({"params": params}, _images(), 0.75, noise)
   for i in range(16):
     np.testing.assert_array_equal(pred_b[:, i], pred_b[:, 0])
-  pred_p, _ = full_model.apply({"params": params}, _images(), 0.75, noise)
+  # The broadcast row is the decoder's prediction at the CLS position (row 0 of its output),
+  # not any patch's.
+  (pred_p, _), state = full_model.apply(
+      {"params": params}, _images(), 0.75, noise, mutable=["intermediates"],
+      capture_intermediates=lambda module, _: module.name == "pred")
+  (decoder_out,) = state["intermediates"]["decoder"]["pred"]["__call__"]
+  assert decoder_out.shape == (2, 17, 8 * 8 * 3)
+  np.testing.assert_array_equal(pred_b[:, 0], decoder_out[:, 0])
+  np.testing.assert_array_equal(pred_p, decoder_out[:, 1:])
   assert not np.allclose(pred_p, pred_b)
   # Loss as the released code computes it: the [B,1,P] prediction broadcast against targets.
   target = mae.reconstruction_target(_images(), 8)
@@ -165,6 +181,46 @@ def test_easyfusion_formula_and_init():
   expected = np.where(y > 0, y, np.expm1(y))
   np.testing.assert_allclose(module.apply({"params": params}, alpha, beta), expected, rtol=1e-5,
                              atol=1e-6)
+
+
+def _torch_linear_bound(fan_in):
+  return 1.0 / np.sqrt(fan_in)  # PyTorch nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+
+
+def test_fusion_initialisations():
+  c = 24
+  alpha = jax.random.normal(jax.random.PRNGKey(0), (2, c))
+  beta = jax.random.normal(jax.random.PRNGKey(1), (2, c))
+
+  def init(kind):
+    return fusion.make_fusion(kind, heads=3).init(jax.random.PRNGKey(2), alpha, beta)["params"]
+
+  p = init("weighted_sum")  # a_h, b_h ~ N(0, 1); bias 1e-5
+  for name in ("alpha", "beta"):
+    w = np.asarray(p[name])
+    assert w.shape == (3, c) and 0.7 < w.std() < 1.3 and abs(w.mean()) < 0.3
+  np.testing.assert_array_equal(p["bias"], np.float32(1e-5))
+  p = init("prior")  # lambda = 1, a Xavier linear with zero bias
+  np.testing.assert_array_equal(p["prior"], np.ones(c))
+  np.testing.assert_array_equal(p["linear"]["bias"], 0.0)
+  limit = np.sqrt(6.0 / (2 * c))
+  assert 0.8 * limit < np.abs(np.asarray(p["linear"]["kernel"])).max() <= limit
+  for kind in ("mlp_glu", "dual_attention"):  # PyTorch's default Linear init, bias included
+    p = init(kind)
+    np.testing.assert_array_equal(p["bias"], np.float32(1e-5))
+    fan_ins = {"mlp_0": 3 * c}
+    for name, layer in p.items():
+      if name == "bias":
+        continue
+      bound = _torch_linear_bound(fan_ins.get(name, c))
+      for leaf in (layer["kernel"], layer["bias"]):
+        leaf = np.asarray(leaf)
+        assert np.abs(leaf).max() <= bound, (kind, name)
+        if leaf.size >= 24:
+          assert np.abs(leaf).max() > 0.7 * bound, (kind, name)
+    expected = ({f"score_{s}_{h}" for s in "ab" for h in range(3)}
+                | ({"mlp_0", "mlp_1", "gate"} if kind == "mlp_glu" else set()) | {"bias"})
+    assert set(p) == expected
 
 
 def test_weighted_sum_and_dual_attention_formulas():
