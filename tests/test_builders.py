@@ -402,6 +402,28 @@ def test_benchmark_manual_dir_may_be_the_dataset_folder(benchmarks, tmp_path):
   assert ids(tmp_path / 'tfds') == ids(benchmarks['data_dir'])
 
 
+def test_capitalised_class_folders_match_ignoring_case(benchmarks, tmp_path):
+  # The authors' split script writes e.g. HECO's and CAER-S's class folders capitalised.
+  bench = BENCHMARKS['heco']
+  ds = tmp_path / 'raw' / 'HECO'
+  shutil.copytree(Path(benchmarks['root']) / bench.folder, ds)
+  for split in SPLITS:
+    for cls in bench.classes:
+      (ds / split / cls).rename(ds / split / cls.capitalize())
+  b = builders.prepare('emotion_folder/heco', tmp_path / 'raw', tmp_path / 'tfds')
+  assert tuple(b.info.features['label'].names) == bench.classes
+  for split in SPLITS:
+    recs = _records('emotion_folder/heco', split, tmp_path / 'tfds')
+    assert sorted(r['label'] for r in recs) == list(range(bench.num_classes))
+    for r in recs:
+      folder = r['image_id'].split('/')[1]
+      assert folder == bench.classes[r['label']].capitalize()
+  # Two folders of one class that differ only in case are refused, naming both.
+  (ds / 'test' / 'anger').mkdir()
+  with pytest.raises(builders.ManualDirError, match=r"\['Anger', 'anger'\] differ only in case"):
+    builders.prepare('emotion_folder/heco', tmp_path / 'raw', tmp_path / 'tfds2')
+
+
 # ------------------------------------------------------------------------------ load_source
 
 def test_load_source_returns_bytes_and_str(emoset, benchmarks):

@@ -33,7 +33,8 @@ manual directory):
   DIR/<folder>/val/<class>/<image>
   DIR/<folder>/test/<class>/<image>
 
-with exactly these folders and class names (labels are the sorted class names):
+with exactly these folders and class names, matched ignoring case (labels are the sorted
+class names):
 {rows}
 
   python -m uniemox_jax.tools.prepare --dataset=emotion_folder/<name> --manual_dir=DIR \\
@@ -103,19 +104,30 @@ class EmotionFolder(base.CheckedImageBuilder):
           f'{name}: split folder(s) {[os.fspath(ds_dir / s) for s in missing]} missing in '
           f'{ds_dir} (it holds: {base.listing(ds_dir)}).\n\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     problems = []
+    self._class_folders = {}
     for split in SPLITS:
       split_dir = ds_dir / split
       found = sorted(p.name for p in split_dir.iterdir()
                      if p.is_dir() and not base.is_hidden(p.name))
-      missing_cls = sorted(set(classes) - set(found))
-      extra = sorted(set(found) - set(classes))
+      # Class folders match case-insensitively: the authors' split script writes some data
+      # sets' folders capitalised ('Anger', 'Happy'); the label is still the class's place in
+      # the fixed list.
+      by_class: dict[str, list[str]] = {}
+      for folder in found:
+        by_class.setdefault(folder.lower(), []).append(folder)
+      missing_cls = sorted(set(classes) - set(by_class))
+      extra = sorted(f for f in found if f.lower() not in classes)
+      clashes = sorted(f for c in classes for f in by_class.get(c, ()) if len(by_class[c]) > 1)
       if missing_cls or extra:
         problems.append(f'{split_dir}: class folders {found} do not match the expected '
                         f'{list(classes)} (missing: {missing_cls}, unexpected: {extra})')
+      if clashes:
+        problems.append(f'{split_dir}: class folders {clashes} differ only in case; keep one.')
+      self._class_folders[split] = {c: by_class[c][0] for c in classes if c in by_class}
     if problems:
       raise base.ManualDirError(
-          f'{name}: wrong class folders (labels are the sorted class names, so every split '
-          'needs exactly the expected ones):\n  ' + '\n  '.join(problems))
+          f'{name}: wrong class folders (labels are the sorted class names, matched ignoring '
+          'case, so every split needs exactly the expected ones):\n  ' + '\n  '.join(problems))
     return ds_dir
 
   def _list_split(self, ds_dir: epath.Path, split: str) -> list[base.Item]:
@@ -127,7 +139,8 @@ class EmotionFolder(base.CheckedImageBuilder):
                       len(stray), stray[:10])
     items, hidden = [], 0
     for label, cls in enumerate(self.builder_config.classes):
-      for dirpath, dirnames, filenames in os.walk(os.fspath(split_dir / cls)):
+      folder = self._class_folders[split][cls]
+      for dirpath, dirnames, filenames in os.walk(os.fspath(split_dir / folder)):
         dirnames[:] = sorted(d for d in dirnames if not base.is_hidden(d))
         for fname in sorted(filenames):
           if base.is_hidden(fname):
