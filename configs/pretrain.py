@@ -20,8 +20,9 @@ the demo, L_rec falls from ~1.6 to ~0.38, L_sim from ~1.0 to ~0.05 and L_con fro
 Arguments (after a colon, comma-separated):
   variant=B/16|L/16|H/14   student size                      (default L/16)
   mask_ratio=0.75          fraction of patches removed        (released code: 0.9)
-  components=con+sim+rec(+fusion)   the loss ablation grid: which of L_con, L_sim, L_rec are
-                           on; add 'nofusion' to use the scene token alone (γ = α)
+  components=con+sim+rec   the loss ablation grid: which of L_con, L_sim, L_rec (and 'nce',
+                           the optional symmetric InfoNCE) are on, joined by '+'
+  nofusion                 the scene token alone (γ = α; no person view)
   decoder_output=patches|cls_broadcast       SPEC §3 #1
   person_view=detector_crop|second_view      SPEC §3 #2
   teacher_norm=clip|imagenet                 SPEC §3 #3

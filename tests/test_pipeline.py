@@ -180,6 +180,19 @@ def test_person_view_comes_from_the_person_box(fmt, tol, min_fraction):
   assert max(scene_fractions) < 0.9
 
 
+def test_second_view_is_a_crop_of_the_image_squashed_to_416():
+  # The released code: resize((416, 416), bilinear), then the same RRC + flip as the scene.
+  record = _boxed_record()
+  image = T.decode(record['image'])
+  transform = pipeline.PretrainTransform(SIZE, None, person_view='second_view')
+  squashed = image.resize((416, 416), T.BILINEAR)
+  for seed in range(5):
+    out = transform((0, record), np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    np.testing.assert_array_equal(out['scene'], transform.view(image, rng))
+    np.testing.assert_array_equal(out['person'], transform.view(squashed, rng))
+
+
 def test_person_view_is_the_augmented_box_or_the_whole_image():
   transform = pipeline.PretrainTransform(SIZE, None)
   for has_person in (True, False):

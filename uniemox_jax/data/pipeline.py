@@ -36,6 +36,9 @@ from uniemox_jax.data.builders import ensure_absl_flags
 from uniemox_jax.data import transforms
 
 PERSON_VIEWS = ("detector_crop", "second_view")
+# The released code's second view starts from the image squashed to YOLO's input size
+# (bilinear, aspect not kept) before the same RandomResizedCrop (SPEC §3 #2).
+RELEASED_SECOND_VIEW_SIZE = 416
 CAPTION_FIELDS = ("caption", "caption_no_emotion")
 
 # Grain calls a transform from several read threads at once. The first calls in a fresh worker
@@ -104,8 +107,9 @@ class PretrainTransform:
     if self.person_view == "detector_crop":
       region = person_region(record, image.width, image.height)
       out["person"] = self.view(image, rng, region=region)
-    else:  # the released code: an independent second view of the whole image
-      out["person"] = self.view(image, rng)
+    else:  # the released code: an independent second view of the whole image, squashed first
+      squashed = image.resize((RELEASED_SECOND_VIEW_SIZE,) * 2, transforms.BILINEAR)
+      out["person"] = self.view(squashed, rng)
     if self.tokenizer_path is not None:
       out["caption_ids"], out["caption_truncated"] = self._tokenize(record[self.caption_field])
     return out

@@ -33,6 +33,16 @@ def build_model(config, teacher_dim: int) -> uniemox.UniEmoX:
       dtype=dtype_of(m.dtype), remat=m.remat, attention_impl=m.attention_impl)
 
 
+def person_input(pixels_u8: jax.Array, person_view: str) -> jax.Array:
+  """The student's person-view input: ImageNet-normalised, and with `'second_view'` (the
+  released code, SPEC §3 #2) normalised a second time, as its YOLO wrapper re-applies the
+  normalisation to the already normalised tensor."""
+  x = normalize(pixels_u8, IMAGENET_MEAN, IMAGENET_STD)
+  if person_view == "second_view":
+    x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+  return x
+
+
 def make_train_step(config, model: uniemox.UniEmoX, teacher: clip.CLIP, tx, lr_fn,
                     num_relation_groups: int, cached_text: bool):
   """`(state, teacher_params, batch) -> (state, metrics)` for one optimizer step.
@@ -71,7 +81,7 @@ def make_train_step(config, model: uniemox.UniEmoX, teacher: clip.CLIP, tx, lr_f
     rng = jax.random.fold_in(state.rng, state.step)
     k_mask, k_drop = jax.random.split(rng)
     scene = normalize(batch["scene"], IMAGENET_MEAN, IMAGENET_STD)
-    person = (normalize(batch["person"], IMAGENET_MEAN, IMAGENET_STD)
+    person = (person_input(batch["person"], config.data.person_view)
               if model.uses_person_view else None)
     omega, lam = teacher_targets(teacher_params, batch)
     target = vit.patchify(scene, patch)
