@@ -162,6 +162,30 @@ def test_person_boxes_against_the_demo_detections(emoset):
   assert n_person == emoset['info']['with_person'] > 0
 
 
+def test_person_box_keys_may_be_file_names_or_paths_but_must_match(emoset, tmp_path):
+  boxes = json.loads(Path(emoset['info']['files']['person_boxes']).read_text())
+  emotion = {i: r['emotion'] for recs in emoset['records'].values() for i, r in recs.items()}
+  # Keyed by the path relative to the data set, as a detector run over image/ would write.
+  by_path = {f'image/{emotion[k]}/{k}.jpg': v for k, v in boxes.items()}
+  path_file = tmp_path / 'by_path.json'
+  path_file.write_text(json.dumps(by_path))
+  builders.prepare('emoset', emoset['info']['root'], tmp_path / 'tfds',
+                   person_boxes=path_file)
+  for split, recs in _by_id(tmp_path / 'tfds').items():
+    for image_id, r in recs.items():
+      ref = emoset['records'][split][image_id]
+      assert r['has_person'] == ref['has_person']
+      np.testing.assert_array_equal(r['person_box'], ref['person_box'])
+  assert builders.person_boxes.image_id_of('C:\\data\\x_1.JPEG') == 'x_1'
+  assert builders.person_boxes.image_id_of('x_1.v2') == 'x_1.v2'  # not an image suffix
+  # Keys that name no image of the data set stop the prepare with examples of both.
+  other = tmp_path / 'other.json'
+  other.write_text(json.dumps({f'coco_{i}': v for i, v in enumerate(boxes.values())}))
+  with pytest.raises(builders.ManualDirError, match=r"none of its .* keys \(e\.g\. \['coco_0'"):
+    builders.prepare('emoset', emoset['info']['root'], tmp_path / 'tfds2', person_boxes=other)
+  assert not (tmp_path / 'tfds2' / 'emoset' / '1.0.0').exists()
+
+
 def test_without_boxes_file_every_image_is_person_less(tmp_path, caplog):
   info = demo.write_emoset(tmp_path / 'EmoSet', per_class=(1, 1, 1), image_size=SIZE)
   caplog.set_level(logging.INFO)

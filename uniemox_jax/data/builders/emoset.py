@@ -251,6 +251,13 @@ class Emoset(base.CheckedImageBuilder):
     items = []
     for split in SPLITS:
       items += self._read_split(root, split)
+    if hasattr(self._boxes, 'check_ids'):
+      try:
+        matched = self._boxes.check_ids([it.fields['image_id'] for it in items])
+      except ValueError as e:
+        raise base.ManualDirError(str(e)) from None
+      logging.info('EmoSet: %d of %d images have an entry in the person boxes file.',
+                   matched, len(items))
     for item in items:
       if not os.path.exists(item.path):
         item.check = images.ImageCheck(False, reason='missing image file')

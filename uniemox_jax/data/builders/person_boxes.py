@@ -69,6 +69,16 @@ def normalise_box(box: Iterable[float], width: int, height: int) -> np.ndarray |
   return np.asarray([y0 / height, x0 / width, y1 / height, x1 / width], np.float32)
 
 
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+
+def image_id_of(key: str) -> str:
+  """A detections-file key → image id: directories and an image file suffix dropped."""
+  name = str(key).strip().replace('\\', '/').rsplit('/', 1)[-1]
+  stem, suffix = os.path.splitext(name)
+  return stem if suffix.lower() in IMAGE_SUFFIXES else name
+
+
 class FilePersonBoxes:
   """Detections read from a JSON or CSV file (formats in the module docstring).
 
@@ -90,9 +100,14 @@ class FilePersonBoxes:
           f'with columns {",".join(CSV_COLUMNS)}[,label], or leave person_boxes unset.')
     text = self.path.read_text(encoding='utf-8')
     if self.path.suffix.lower() == '.json' or text.lstrip().startswith('{'):
-      self._dets = self._parse_json(text)
+      dets = self._parse_json(text)
     else:
-      self._dets = self._parse_csv(text)
+      dets = self._parse_csv(text)
+    # Keys may be image ids, file names or paths ('image/amusement/amusement_1.jpg'): all
+    # mean the image id, the file stem.
+    self._dets: dict[str, list] = {}
+    for key, found in dets.items():
+      self._dets.setdefault(image_id_of(key), []).extend(found)
     self._looked_up = self._matched = self._with_person = self._clipped = 0
     self._unmatched_example: str | None = None
 
@@ -149,6 +164,20 @@ class FilePersonBoxes:
       out.setdefault(row['image_id'], []).append(
           (box, score, row.get('label') or PERSON_LABEL))
     return out
+
+  def check_ids(self, image_ids: Iterable[str]) -> int:
+    """Fails when the file names none of `image_ids` (it was made for other images, or keyed
+    by something else), rather than silently making every image person-less. Returns how many
+    of the images have an entry."""
+    image_ids = list(image_ids)
+    matched = sum(i in self._dets for i in image_ids)
+    if image_ids and self._dets and not matched:
+      raise ValueError(
+          f'Person boxes file {self.path}: none of its {len(self._dets)} keys (e.g. '
+          f'{sorted(self._dets)[:3]}) is an image id of this data set (e.g. '
+          f'{image_ids[:3]}). Key the detections by image id (the image file stem), a file '
+          'name or a path relative to the data set.')
+    return matched
 
   # ------------------------------------------------------------------------- lookup
 
