@@ -58,6 +58,11 @@ def test_unreadable_latest_is_set_aside_and_the_previous_used(tmp_path, caplog):
     for name in files:
       if name.startswith("manifest"):
         open(os.path.join(root, name), "wb").close()
+  # Read-only (another run's checkpoints, config.resume): falls back, but renames nothing.
+  other = checkpointing.Checkpointer(str(tmp_path), keep=3, read_only=True)
+  assert other.restore(_abstract()).step == 1
+  assert os.path.isdir(tmp_path / "2") and not os.path.exists(tmp_path / "2.unreadable")
+  other.close()
   with caplog.at_level("WARNING"):
     restored = ckpt.restore(_abstract())
   assert restored.step == 1 and "could not be restored" in caplog.text

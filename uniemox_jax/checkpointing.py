@@ -190,7 +190,8 @@ class Checkpointer:
       if i:
         logging.warning("restored checkpoint %d instead of the unreadable %s", candidate,
                         candidates[:i])
-        self._set_aside(candidates[:i])
+        if not self._read_only:  # another run's directory (config.resume) is never changed
+          self._set_aside(candidates[:i])
       _check_finite(restored.state, candidate)
       return Restored(candidate, restored.state, restored.data, dict(restored.meta or {}))
     return None
