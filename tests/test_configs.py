@@ -67,6 +67,32 @@ def test_validation_reports_every_problem_at_once():
     assert needle in text, needle
 
 
+def test_validation_of_probe_init_eval_batch_splits_and_resume(tmp_path):
+  config = probe_cfg.get_config("emo8")
+  config.eval.batch_size = 12
+  config.data.val_split = "valid"
+  with pytest.raises(validation.ConfigError) as err:
+    validation.validate(config, num_devices=8, check_paths=True)
+  text = str(err.value)
+  for needle in ("config.init is empty: a linear probe needs the pre-trained encoder",
+                 "config.eval.batch_size=12 must be a positive multiple of the 8 devices",
+                 "config.data.val_split='valid': unknown split ['valid']",
+                 "section 'Starting points, checkpoints and resume'"):
+    assert needle in text, needle
+  for split in ("train+val", "train[:10%]", "test"):
+    config.data.train_split = split
+    assert not any("train_split" in p for p in validation._split_problems("x", split))
+  config = finetune_cfg.get_config("emo8")
+  (tmp_path / "weights").mkdir()
+  config.resume = str(tmp_path / "weights")   # exists, but is not a run of ours
+  config.init = str(tmp_path / "missing.pth")
+  with pytest.raises(validation.ConfigError) as err:
+    validation.validate(config, num_devices=1)
+  text = str(err.value)
+  assert "config.resume: " in text and "is not a workdir" in text and "config.init" in text
+  assert f"config.init={config.init!r} does not exist (README.md, section 'Starting" in text
+
+
 def _main(*args, timeout=120):
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
   start = time.perf_counter()
@@ -95,6 +121,7 @@ def test_main_with_a_missing_data_path_names_the_key(tmp_path):
                   f"--config.data.data_dir={tmp_path / 'nowhere'}")
   assert proc.returncode != 0
   assert "config.data.data_dir=" in proc.stderr and "does not exist" in proc.stderr
+  assert "README.md, section 'Real data and weights'" in proc.stderr
 
 
 # ------------------------------------------------------------------ smoke runs, tiny

@@ -48,8 +48,14 @@ def test_pretrain_runs_and_records_everything(demo_env, tmp_path):
   rows = [r for r in __import__("uniemox_jax").metrics.read_metrics(str(tmp_path))
           if "train/loss_rec" in r]
   for key in ("train/loss_con", "train/loss_sim", "train/lr", "train/grad_norm",
-              "train/param_norm", "train/images_per_sec", "train/eta_min"):
+              "train/param_norm", "train/images_per_sec", "train/images_per_sec_per_device",
+              "train/step_time_ms", "train/eta_min"):
     assert key in rows[-1], key
+  assert rows[-1]["train/step_time_ms"] > 0
+  assert any(k in rows[-1] for k in ("train/mem_gib", "train/host_rss_peak_gib"))
+  compile_rows = [r for r in __import__("uniemox_jax").metrics.read_metrics(str(tmp_path))
+                  if "compile/compile_s" in r]
+  assert compile_rows and compile_rows[0]["compile/compile_s"] > 0
   info = tu.read_json(tmp_path, "run_info.json")
   assert info["config"]["task"] == "pretrain" and info["versions"]["jax"]
   split = info["data"]["splits"]["train+val"]
@@ -78,18 +84,37 @@ def test_finetune_eval_and_linear_probe(demo_env, tmp_path):
   assert os.path.exists(ft / "eval" / "test_best.png")
   val = tu.read_json(ft, "eval", "val_step3.json")
   assert np.asarray(val["confusion_matrix"]).sum() == 8 and len(val["per_class_accuracy"]) == 8
+  # The test result comes from the checkpoint with the best val top-1 (earliest on ties).
+  record = tu.read_json(ft, "checkpoints", "checkpoint_metrics.json")
+  best = max(sorted(record.items(), key=lambda kv: int(kv[0])),
+             key=lambda kv: kv[1]["val_top1"])
+  assert results["val_top1"] == best[1]["val_top1"]
+  assert results["best_step"] == int(best[0])
+  assert set(tu.read_json(ft, "run_info.json")["data"]["splits"]) == {"train", "val", "test"}
 
   ev = tmp_path / "ev"
   config = tu.finetune_config(demo_env, task="eval", init=str(ft))
   config.eval.split = "test"
   out = _run(config, ev)
   assert out["num_examples"] == 8
+  assert set(tu.read_json(ev, "run_info.json")["data"]["splits"]) == {"test"}
   assert abs(out["top1"] - results["test_top1"]) < 1e-9  # the best checkpoint, again
 
   probe = tmp_path / "probe"
   out = _run(tu.probe_config(demo_env, init=str(pre)), probe)
   assert out["status"] == "done" and 0.0 <= out["test_top1"] <= 1.0
   assert tu.read_json(probe, "results.json")["test_num_examples"] == 8
+  probe_rows = __import__("uniemox_jax").metrics.read_metrics(str(probe))
+  assert any("probe/val_top1" in r and "probe/lr" in r for r in probe_rows)
+  assert os.path.exists(probe / "eval" / "test_best.png")
+  features = set(os.listdir(probe / "features"))
+  assert len(features) == 3
+  _run(tu.probe_config(demo_env, init=str(pre)), probe)   # same weights: the cache is reused
+  assert set(os.listdir(probe / "features")) == features
+  # The pre-training run goes on (a newer checkpoint): the features are computed afresh.
+  _run(tu.pretrain_config(demo_env, total_steps=3), pre)
+  _run(tu.probe_config(demo_env, init=str(pre)), probe)
+  assert len(set(os.listdir(probe / "features")) - features) == 3
 
 
 # --------------------------------------------------------------------------- resume

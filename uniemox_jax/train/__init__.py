@@ -13,9 +13,11 @@ from absl import logging
 
 from uniemox_jax.data.builders import DatasetNotPreparedError, ManualDirError
 from uniemox_jax.train import validation
+from uniemox_jax.train.common import NotACheckpointError
 
 # Errors whose message tells the user what to fix: main.py prints them without a traceback.
-UserError = (validation.ConfigError, DatasetNotPreparedError, ManualDirError)
+UserError = (validation.ConfigError, DatasetNotPreparedError, ManualDirError,
+             NotACheckpointError)
 
 
 def initialize_distributed(force: bool = False) -> None:

@@ -1,6 +1,8 @@
 """Small helpers the task modules share."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 
@@ -36,3 +38,20 @@ def load_split(config, split: str):
   """The random-access source of `config.data.name`/`split` (see `data.builders`)."""
   from uniemox_jax.data import builders
   return builders.load_source(config.data.name, split, config.data.data_dir)
+
+
+class NotACheckpointError(FileNotFoundError):
+  """A path given as one of our checkpoints (config.resume) is not one."""
+
+
+def checkpoint_location(path: str) -> tuple[str, int | None]:
+  """`(checkpoint directory, step or None)` for a workdir, a checkpoints dir or a step dir."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
+    return path, None
+  raise NotACheckpointError(f"{path!r} is not a workdir, a checkpoints directory or a step "
+                            "directory of ours")

@@ -141,7 +141,9 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   steps_per_epoch = len(source) // config.batch_size
   total = loop_lib.total_steps(config, steps_per_epoch)
   warmup = loop_lib.warmup_steps(config, steps_per_epoch, total)
-  run_info.write(workdir, config, {config.data.train_split: source})
+  run_info.write(workdir, config, {
+      config.data.train_split: source,
+      **{s: load_split(config, s) for s in (config.data.val_split, config.data.test_split)}})
 
   # ---------------------------------------------------------------------- model, optimizer
   model = build_classifier(config)
@@ -256,6 +258,7 @@ def run_eval(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   params = startup.load_weights_into(config.init, abstract, target="finetune",
                                      allow_new=False, mesh=mesh, config=config)
   split = config.eval.split
+  run_info.write(workdir, config, {split: load_split(config, split)})
   evaluator = Evaluator(config, mesh, make_eval_step(
       lambda p, x: model.apply({"params": p}, x)[0], len(class_names)), split, preemption,
       class_names)

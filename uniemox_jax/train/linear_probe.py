@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from uniemox_jax import evaluate as evaluate_lib, sharding
+from uniemox_jax import evaluate as evaluate_lib, metrics as metrics_lib, sharding
 from uniemox_jax.data import pipeline
 from uniemox_jax.data.classes import class_names_for
 from uniemox_jax.models import vit
@@ -73,16 +73,21 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   abstract = abstract_params(encoder, image_batch(encoder.image_size, 1))
   params = startup.load_weights_into(config.init, abstract, target="encoder", allow_new=False,
                                      mesh=mesh, config=config)
-  run_info.write(workdir, config, {s: load_split(config, s) for s in
-                                   (config.data.train_split, config.data.val_split,
-                                    config.data.test_split)})
+  splits = (config.data.train_split, config.data.val_split, config.data.test_split)
+  sources = {s: load_split(config, s) for s in splits}
+  run_info.write(workdir, config, sources)
+  manifest = run_info.data_manifest(config.data.name, sources)
 
   # ---------------------------------------------------------------------- features (cached)
-  digest = hashlib.sha256(json.dumps(
-      [config.init, config.model.to_dict(), config.data.eval_resize]).encode()).hexdigest()[:16]
+  # Keyed by the weights actually read (a pre-training workdir that gained a checkpoint gives
+  # new features), the model and transform settings, and the split's examples.
+  weights = startup.weights_fingerprint(config.init)
   feature_dir = os.path.join(workdir, "features")
   data = {}
-  for split in (config.data.train_split, config.data.val_split, config.data.test_split):
+  for split in splits:
+    digest = hashlib.sha256(json.dumps(
+        [weights, config.model.to_dict(), config.data.eval_resize,
+         manifest["splits"][split]]).encode()).hexdigest()[:16]
     path = os.path.join(feature_dir, f"{split}_{digest}.npz")
     if os.path.exists(path):
       cached = np.load(path)
@@ -137,16 +142,24 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   epochs = max(1, total // steps_per_epoch)
   best = (-1.0, None, -1)
   key = jax.random.PRNGKey(config.seed)
+  writer = metrics_lib.MetricWriter(workdir, config.log.tensorboard)
   for epoch in range(epochs):
     preemption.check("linear probe")
     head, opt_state, loss = train_epoch(head, opt_state, jax.random.fold_in(key, epoch))
+    step = (epoch + 1) * steps_per_epoch
+    row = {"loss": float(loss), "lr": float(lr_fn(step - 1)), "epoch": epoch + 1}
     if (epoch + 1) % max(1, int(config.eval.every_epochs)) == 0 or epoch + 1 == epochs:
       val = evaluate(head, config.data.val_split)
       if val["top1"] > best[0]:
         best = (val["top1"], jax.device_get(head), epoch + 1)
+      row.update(val_top1=val["top1"], val_top3=val["top3"])
       logging.info("linear probe epoch %d: loss %.4f, val top-1 %.4f", epoch + 1, float(loss),
                    val["top1"])
+    writer.write(step, row, prefix="probe/")
   test = evaluate(best[1], config.data.test_split)
+  writer.write(epochs * steps_per_epoch, {"test_top1": test["top1"], "test_top3": test["top3"]},
+               prefix="test/")
+  writer.close()
   results = {"dataset": config.data.name, "best_epoch": best[2], "val_top1": best[0],
              "test_top1": test["top1"], "test_top3": test["top3"],
              "test_num_examples": test["num_examples"]}

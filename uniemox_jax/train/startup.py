@@ -14,6 +14,7 @@ any number of devices loads onto this run's mesh.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -26,6 +27,7 @@ from flax import traverse_util
 from uniemox_jax import checkpointing
 from uniemox_jax.models import convert, vit
 from uniemox_jax.train import loop as loop_lib
+from uniemox_jax.train.common import NotACheckpointError, checkpoint_location
 
 TARGETS = ("pretrain", "finetune", "encoder")
 
@@ -57,8 +59,8 @@ def restore_or_initialize(config, checkpointer: checkpointing.Checkpointer, stat
     other = checkpointing.Checkpointer(directory, read_only=True)
     restored = other.restore(abstract, step=step)
     if restored is None:
-      raise FileNotFoundError(f"config.resume={config.resume!r}: no readable checkpoint in "
-                              f"{directory}")
+      raise NotACheckpointError(f"config.resume={config.resume!r}: no readable checkpoint "
+                                f"in {directory}")
     logging.info("resuming from %s, step %d (config.resume)", directory, restored.step)
     return Start(restored.state, restored.step, restored.data or None, False, "resume")
 
@@ -76,25 +78,46 @@ def restore_or_initialize(config, checkpointer: checkpointing.Checkpointer, stat
 # Locating and reading our own checkpoints.
 
 
-def checkpoint_location(path: str) -> tuple[str, int | None]:
-  """`(checkpoint directory, step or None)` for a workdir, a checkpoints dir or a step dir."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
-  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
-  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
-    return path, None
-  raise FileNotFoundError(f"{path!r} is not a workdir, a checkpoints directory or a step "
-                          "directory of ours")
-
-
 def is_our_checkpoint(path: str) -> bool:
   try:
     checkpoint_location(path)
     return True
-  except FileNotFoundError:
+  except NotACheckpointError:
     return False
+
+
+def resolve_step(path: str, prefer_best: bool = True) -> tuple[str, int]:
+  """`(checkpoint directory, step)` that `read_params` reads for one of our checkpoints.
+
+  For a directory with several steps: the best by validation metric when one was recorded
+  (fine-tuning), else the latest.
+  """
+  directory, step = checkpoint_location(path)
+  if step is None:
+    ckpt = checkpointing.Checkpointer(directory, read_only=True)
+    step = (ckpt.best_step() if prefer_best else None) or ckpt.latest_step()
+    if step is None:
+      raise NotACheckpointError(f"no checkpoint in {directory}")
+  return directory, step
+
+
+def weights_fingerprint(path: str, prefer_best: bool = True) -> str:
+  """A sha256 (hex) that changes when the weights `path` names change: for our runs, the
+  checkpoint `read_params` would pick and its files' sizes and times; for anything else, the
+  names, sizes and modification times of the file(s). Cheap (nothing is read)."""
+  digest = hashlib.sha256()
+  if is_our_checkpoint(path):
+    directory, step = resolve_step(path, prefer_best)
+    root = os.path.join(directory, str(step))
+    digest.update(f"{os.path.abspath(directory)}\0{step}\0".encode())
+  else:
+    root = os.path.abspath(path)
+  files = ([root] if os.path.isfile(root) else
+           sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names))
+  for f in files:
+    st = os.stat(f)
+    digest.update(f"{os.path.relpath(f, root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+  return digest.hexdigest()
 
 
 def read_params(path: str, prefer_best: bool = True) -> tuple[dict, str]:
@@ -103,12 +126,7 @@ def read_params(path: str, prefer_best: bool = True) -> tuple[dict, str]:
   For a directory with several steps: the best by validation metric when one was recorded
   (fine-tuning), else the latest. Returns `(params, description)`.
   """
-  directory, step = checkpoint_location(path)
-  if step is None:
-    ckpt = checkpointing.Checkpointer(directory, read_only=True)
-    step = (ckpt.best_step() if prefer_best else None) or ckpt.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {directory}")
+  directory, step = resolve_step(path, prefer_best)
   item = os.path.join(directory, str(step), "state")
   reader = ocp.PyTreeCheckpointer()
   tree = reader.metadata(item).item_metadata.tree

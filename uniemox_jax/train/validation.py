@@ -11,6 +11,8 @@ import jax
 
 README_DATA = "README.md, section 'Real data and weights'"
 README_DEMO = "README.md, section 'Quick start'"
+README_START = "README.md, section 'Starting points, checkpoints and resume'"
+SPLIT_NAMES = ("train", "val", "test")
 TASKS = ("pretrain", "finetune", "linear_probe", "eval")
 DTYPES = ("float32", "bfloat16")
 
@@ -108,7 +110,21 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
       problems.append(f"config.optim.layer_decay={config.optim.layer_decay} must be in (0, 1]")
     if config.task == "eval" and check_paths and not config.init:
       problems.append("config.task='eval' needs config.init: the checkpoint (or fine-tuning "
-                      "workdir) to evaluate")
+                      f"workdir) to evaluate ({README_START})")
+    if config.task == "linear_probe" and check_paths and not config.init:
+      problems.append("config.init is empty: a linear probe needs the pre-trained encoder "
+                      "(a UniEmoX pre-training workdir or checkpoint, or an MAE/UniEmoX .pth; "
+                      f"{README_START})")
+    eval_batch = config.get("eval", {}).get("batch_size", 0)
+    if eval_batch <= 0 or eval_batch % num_devices:
+      problems.append(f"config.eval.batch_size={eval_batch} must be a positive multiple of the "
+                      f"{num_devices} devices")
+
+  for key in ("train_split", "val_split", "test_split"):
+    if key in config.data:
+      problems += _split_problems(f"config.data.{key}", config.data[key])
+  if config.task == "eval" and "eval" in config and "split" in config.eval:
+    problems += _split_problems("config.eval.split", config.eval.split)
 
   if check_paths:
     if not config.data.data_dir:
@@ -120,7 +136,24 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
     for key in ("init", "resume"):
       path = config.get(key)
       if path and not os.path.exists(path):
-        problems.append(f"config.{key}={path!r} does not exist")
+        problems.append(f"config.{key}={path!r} does not exist ({README_START})")
+    if config.get("resume") and os.path.exists(config.resume):
+      from uniemox_jax.train.common import NotACheckpointError, checkpoint_location
+      try:
+        checkpoint_location(config.resume)
+      except NotACheckpointError as e:
+        problems.append(f"config.resume: {e}; resume takes a run of ours (weights from "
+                        f"elsewhere go in config.init; {README_START})")
 
   if problems:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _split_problems(key: str, split: str) -> list[str]:
+  """TFDS split strings such as 'train', 'train+val' or 'train[:10%]', over our splits."""
+  names = [part.split("[", 1)[0].strip() for part in str(split).split("+")]
+  bad = [n for n in names if n not in SPLIT_NAMES]
+  if bad or not names:
+    return [f"{key}={split!r}: unknown split {bad}; use {', '.join(SPLIT_NAMES)}, joined with "
+            "'+' (slices like 'train[:10%]' are allowed)"]
+  return []
