@@ -58,12 +58,17 @@ class Preemption:
     self._flag.set()
 
   def requested(self, step: int | None = None) -> bool:
-    if jax.process_count() > 1 and step is not None:
-      # All hosts must agree on the step at which they stop (the coordination service's
-      # pre-emption notice); a local SIGTERM alone could make them diverge.
-      from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step) or self._flag.is_set()
-    return self._flag.is_set()
+    """Whether to stop here. With several processes every process must call this at the
+    same points (each training step, each evaluation batch), and all get the same answer: a
+    SIGTERM seen by any one of them, or the coordination service's pre-emption notice for
+    `step`, stops all of them together, so none is left waiting in a collective."""
+    local = self._flag.is_set()
+    if jax.process_count() == 1:
+      return local
+    from jax.experimental import multihost_utils
+    notice = step is not None and multihost_utils.reached_preemption_sync_point(step)
+    anyone = multihost_utils.process_allgather(np.asarray(local, np.int32))
+    return bool(notice or np.any(anyone))
 
   def check(self, where: str, step: int | None = None):
     if self.requested(step):
