@@ -74,6 +74,7 @@ def checkpoint_config(**overrides) -> ml_collections.ConfigDict:
       every_steps=1000,    # also saved at the end and on SIGTERM
       keep=3,              # most recent checkpoints kept
       keep_best=0,         # fine-tuning: best by validation top-1, kept besides the latest
+      keep_every_epochs=0, # also save and keep for good a checkpoint every this many epochs
       async_save=True,
   )
   cfg.update(overrides)

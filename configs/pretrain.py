@@ -96,7 +96,8 @@ def get_config(arg=None):
       nce_temperature=0.07,
   ))
   config.optim = common.optim_config(b2=0.95)
-  config.checkpoint = common.checkpoint_config(every_steps=2000)
+  # Epochs 100 and 200 are kept for good (the authors released both).
+  config.checkpoint = common.checkpoint_config(every_steps=2000, keep_every_epochs=100)
 
   if args.demo:
     _demo(config)

@@ -84,3 +84,12 @@ def test_missing_step_is_named(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
     ckpt.restore(_abstract(), step=3)
+
+
+def test_keep_period_keeps_those_steps_for_good_besides_the_latest(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1, keep_period=3, async_save=False)
+  for step in range(1, 8):
+    ckpt.save(step, _state(step))
+  ckpt.wait()
+  assert ckpt.all_steps() == [3, 6, 7]
+  ckpt.close()

@@ -66,6 +66,15 @@ def test_pretrain_runs_and_records_everything(demo_env, tmp_path):
   assert steps == [2, 4]
 
 
+def test_checkpoints_every_n_epochs_are_kept_for_good(demo_env, tmp_path):
+  # 32 examples, batch 8: 4 steps per epoch. Keep the last one, plus every epoch's.
+  _run(tu.pretrain_config(demo_env, total_steps=9, **{
+      "checkpoint.every_steps": 0, "checkpoint.keep": 1,
+      "checkpoint.keep_every_epochs": 1}), tmp_path)
+  steps = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps()
+  assert steps == [4, 8, 9]
+
+
 def test_same_config_same_seed_same_losses(demo_env, tmp_path):
   _run(tu.pretrain_config(demo_env, total_steps=3), tmp_path / "a")
   _run(tu.pretrain_config(demo_env, total_steps=3), tmp_path / "b")

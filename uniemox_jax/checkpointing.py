@@ -7,7 +7,9 @@ Layout: `<workdir>/checkpoints/<step>/{state, data, meta}`.
   meta   JSON: config hash, epoch, flags such as `eval_pending`.
 
 Retention keeps the last `keep` checkpoints *and* (fine-tuning) the best `keep_best` by a
-validation metric; the two are a union, so keeping the best never evicts the latest.
+validation metric *and* every checkpoint whose step is a multiple of `keep_period` (e.g. the
+pre-training checkpoints at epochs 100 and 200); the policies are a union, so keeping the
+best never evicts the latest.
 Saves are asynchronous; `wait()` before exiting. Restores always go through an abstract
 target carrying the *current* shardings, so a checkpoint written on 8 devices restores on 1
 (or on CPU) and vice versa. A latest checkpoint that cannot be read (truncated, corrupted)
@@ -66,12 +68,15 @@ class Checkpointer:
     keep: how many of the most recent checkpoints to keep.
     keep_best: also keep this many best checkpoints by `best_metric` (higher is better);
       0 disables.
+    keep_period: also keep, for good, every checkpoint whose step is a multiple of this;
+      0 disables.
     async_save: write in a background thread (the training loop continues).
     read_only: only read (another run's checkpoints: nothing is created or cleaned up).
   """
 
   def __init__(self, directory: str, *, keep: int = 3, keep_best: int = 0,
-               best_metric: str = "val_top1", async_save: bool = True, read_only: bool = False):
+               best_metric: str = "val_top1", async_save: bool = True, read_only: bool = False,
+               keep_period: int = 0):
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
     self._read_only = read_only
@@ -83,6 +88,8 @@ class Checkpointer:
     policies = [cm.LatestN(n=max(1, keep))]
     if keep_best:
       policies.append(_KeepBest(self, keep_best))
+    if keep_period:
+      policies.append(cm.EveryNSteps(interval_steps=int(keep_period)))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=cm.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save and not read_only, create=not read_only,

@@ -34,6 +34,12 @@ def image_batch(image_size: int, batch: int = 2) -> jax.Array:
   return jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
 
 
+def keep_period(config, steps_per_epoch: int) -> int:
+  """Steps between checkpoints kept for good (`config.checkpoint.keep_every_epochs`; 0: none)."""
+  epochs = config.checkpoint.get("keep_every_epochs", 0)
+  return max(1, int(round(epochs * steps_per_epoch))) if epochs else 0
+
+
 def load_split(config, split: str):
   """The random-access source of `config.data.name`/`split` (see `data.builders`)."""
   from uniemox_jax.data import builders

@@ -25,7 +25,7 @@ from uniemox_jax.models import classifier, vit
 from uniemox_jax.train import loop as loop_lib
 from uniemox_jax.train import optim, run_info, startup
 from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, abstract_params, dtype_of,
-                                      image_batch, load_split, normalize)
+                                      image_batch, keep_period, load_split, normalize)
 
 
 def build_classifier(config) -> classifier.ViTClassifier:
@@ -164,6 +164,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   # ---------------------------------------------------------------------- restore
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      keep_period=keep_period(config, steps_per_epoch),
       keep_best=config.checkpoint.keep_best, best_metric="val_top1",
       async_save=config.checkpoint.async_save)
   start = startup.restore_or_initialize(config, checkpointer, state, state_shardings,
@@ -210,6 +211,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
         step_fn=compiled, batches=batches, checkpointer=checkpointer, writer=writer,
         preemption=preemption, total_steps=total, global_batch=config.batch_size,
         steps_per_epoch=steps_per_epoch, save_every=config.checkpoint.every_steps,
+        keep_every=keep_period(config, steps_per_epoch),
         log_every=config.log.every_steps, eval_fn=eval_fn, eval_every=eval_every,
         meta={"task": "finetune"})
     logging.info("fine-tuning from step %d to %d (%d steps/epoch, eval every %d steps)",

@@ -157,6 +157,7 @@ class Loop:
   global_batch: int
   steps_per_epoch: int
   save_every: int = 0
+  keep_every: int = 0       # also save (and the checkpointer keeps) every this many steps
   log_every: int = 50
   eval_fn: Callable[[TrainState, int], dict] | None = None
   eval_every: int = 0
@@ -244,7 +245,8 @@ class Loop:
         result = None
         if eval_now:
           result = evaluate(done)
-        if is_last or eval_now or (self.save_every and done % self.save_every == 0):
+        if is_last or eval_now or any(n and done % n == 0
+                                      for n in (self.save_every, self.keep_every)):
           drain()
           self.save(state, done, metrics=result)
       drain()

@@ -19,7 +19,7 @@ from uniemox_jax.models import clip, uniemox, vit
 from uniemox_jax.train import loop as loop_lib
 from uniemox_jax.train import optim, run_info, startup, teacher_cache
 from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, abstract_params, dtype_of,
-                                      load_split, normalize)
+                                      keep_period, load_split, normalize)
 
 
 def build_model(config, teacher_dim: int) -> uniemox.UniEmoX:
@@ -193,6 +193,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   # ---------------------------------------------------------------------- restore
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      keep_period=keep_period(config, steps_per_epoch),
       async_save=config.checkpoint.async_save)
   start = startup.restore_or_initialize(config, checkpointer, state, state_shardings,
                                         target="pretrain")
@@ -232,7 +233,8 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
         step_fn=lambda s, b: compiled(s, teacher_params, b), batches=batches,
         checkpointer=checkpointer, writer=writer, preemption=preemption, total_steps=total,
         global_batch=config.batch_size, steps_per_epoch=steps_per_epoch,
-        save_every=config.checkpoint.every_steps, log_every=config.log.every_steps,
+        save_every=config.checkpoint.every_steps,
+        keep_every=keep_period(config, steps_per_epoch), log_every=config.log.every_steps,
         meta={"task": "pretrain"})
     logging.info("pre-training from step %d to %d (%d steps/epoch, warm-up %d steps, peak "
                  "lr %.3g)", start.step, total, steps_per_epoch, warmup, peak_lr)

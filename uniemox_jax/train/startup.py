@@ -69,8 +69,11 @@ def restore_or_initialize(config, checkpointer: checkpointing.Checkpointer, stat
     params = jax.device_put(params, shardings.params)
     return Start(state.replace(params=params), 0, None, False, "init")
 
-  logging.info("starting from scratch (no checkpoint in the workdir, no config.resume or "
-               "config.init)")
+  logging.warning("starting from scratch: no checkpoint in the workdir, no config.resume and "
+                  "no config.init. The paper's recipes start pre-training from an ImageNet "
+                  "MAE checkpoint and fine-tuning from a UniEmoX pre-training run; set "
+                  "config.init to follow them (README 'Starting points, checkpoints and "
+                  "resume').")
   return Start(state, 0, None, False, "scratch")
 
 

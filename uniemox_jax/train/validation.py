@@ -67,6 +67,8 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
     problems.append("config.total_epochs (or config.total_steps) must be positive")
   if config.warmup_epochs < 0:
     problems.append("config.warmup_epochs must be >= 0")
+  if config.get("checkpoint") and config.checkpoint.get("keep_every_epochs", 0) < 0:
+    problems.append("config.checkpoint.keep_every_epochs must be >= 0 (0: off)")
   d, f = config.mesh.data, config.mesh.fsdp
   if not ((d == -1 and f > 0 and num_devices % f == 0) or (f == -1 and d > 0 and num_devices % d == 0)
           or (d > 0 and f > 0 and d * f == num_devices)):
