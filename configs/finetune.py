@@ -19,6 +19,11 @@ the `mu` model reaches test top-1 1.0 in 30 epochs.
 
 Arguments: `<dataset>` and optionally `variant=B/16|L/16|H/14`, `demo` (the embedded demo:
 tiny model, generated emo8 look-alike; `bash demo.sh` runs it after pre-training).
+`config.batch_size` is the global batch (128, the authors' 16 per device on 8 GPUs); with
+another device count keep 128 for the same recipe, or set 16 × devices and the lr follows.
+
+Demo (after `bash demo.sh` has pre-trained):
+  python main.py --config=configs/finetune.py:demo --workdir=demo_out/finetune
 """
 import ml_collections
 

@@ -20,7 +20,9 @@ def test_demo_script_end_to_end(tmp_path):
   assert "test top-1" in proc.stdout and "demo finished" in proc.stdout
   results = json.load(open(out / "finetune" / "results.json"))
   assert results["test_num_examples"] == 128
-  assert results["test_top1"] > 0.3  # 8 classes: chance is 0.125
+  # 8 classes, chance 0.125; the issue asks >= 0.5 of the full demo, and even this shortened
+  # run reaches about 0.89 (0.891 measured on Python 3.11, jax 0.10).
+  assert results["test_top1"] >= 0.5
   for path in ("pretrain/done.json", "pretrain/run_info.json", "pretrain/metrics.jsonl",
                "finetune/eval/test_best.png", "tiny_clip/config.json",
                "tfds/emoset/1.0.0/bad_images.json"):
