@@ -10,7 +10,8 @@ import pytest
 
 import train_utils as tu
 from uniemox_jax import checkpointing, train
-from uniemox_jax.train import loop as loop_lib
+from uniemox_jax.models import uniemox
+from uniemox_jax.train import loop as loop_lib, pretrain
 
 
 def _run(config, workdir):
@@ -73,6 +74,32 @@ def test_checkpoints_every_n_epochs_are_kept_for_good(demo_env, tmp_path):
       "checkpoint.keep_every_epochs": 1}), tmp_path)
   steps = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps()
   assert steps == [4, 8, 9]
+
+
+def test_start_order_resume_and_no_teacher_in_the_checkpoint(demo_env, tmp_path):
+  a, b = tmp_path / "a", tmp_path / "b"
+  _run(tu.pretrain_config(demo_env, total_steps=4), a)   # checkpoints at steps 2 and 4
+  # config.resume (here a step directory of another run): its full state (step, optimizer,
+  # data position) is taken over, so steps 3 and 4 are exactly that run's.
+  step2 = str(a / "checkpoints" / "2")
+  _run(tu.pretrain_config(demo_env, total_steps=4, resume=step2), b)
+  resumed = tu.losses_by_step(b)
+  assert sorted(resumed) == [3, 4]
+  straight = tu.losses_by_step(a)
+  assert [resumed[s] for s in (3, 4)] == [straight[s] for s in (3, 4)]
+  # The workdir's own checkpoint comes before config.resume: nothing is redone.
+  out = _run(tu.pretrain_config(demo_env, total_steps=4, resume=step2), b)
+  assert out["step"] == 4 and tu.losses_by_step(b) == resumed
+  # The frozen teacher is neither trained nor saved: the checkpoint holds the student only.
+  from uniemox_jax.train import startup
+  params, _ = startup.read_params(str(a), prefer_best=False)
+  # (the tiny teacher is wider than the mu decoder: the student's projection to it is trained)
+  assert set(params) == {"mae", "fusion", "teacher_proj"}
+  saved = sum(np.size(x) for x in jax.tree.leaves(params))
+  model = pretrain.build_model(tu.pretrain_config(demo_env),
+                               teacher_dim=params["teacher_proj"]["kernel"].shape[1])
+  expected = sum(np.size(x) for x in jax.tree.leaves(uniemox.init_params(model)))
+  assert saved == expected
 
 
 def test_same_config_same_seed_same_losses(demo_env, tmp_path):
