@@ -31,7 +31,11 @@ def first_stop(where, kill_at, with_step):
     preemption.close()
 
 
+digest = ("ab" if process_id == 0 else "cd") * 32   # as if file times differed between hosts
 print(json.dumps({"process": jax.process_index(), "count": jax.process_count(),
+                  "digest": loop_lib.same_on_all_processes(digest),
+                  "all_true": loop_lib.all_processes_agree(True),
+                  "one_false": loop_lib.all_processes_agree(process_id != 0),
                   "evaluation": first_stop("evaluation", 2, with_step=False),
                   "training": first_stop("training", 4, with_step=True),
                   "nothing": first_stop("evaluation", 99, with_step=False)}), flush=True)

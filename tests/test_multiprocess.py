@@ -1,6 +1,6 @@
 """Several JAX processes (as on a multi-host TPU slice), here on one machine's CPU: a SIGTERM
 that reaches only one process stops all of them at the same point, so none is left waiting in
-a collective (an evaluation's all-gather, a training step)."""
+a collective (an evaluation's all-gather, a training step); per-process decisions agree."""
 import json
 import os
 import socket
@@ -40,3 +40,5 @@ def test_a_sigterm_on_one_process_stops_every_process_at_the_same_check():
   for o in outs:  # only the last process was signalled; every process stopped with it
     assert o["count"] == n
     assert (o["evaluation"], o["training"], o["nothing"]) == (2, 4, None), o
+    # The helpers that keep per-process decisions (feature caches) in step.
+    assert o["digest"] == "ab" * 32 and o["all_true"] and not o["one_false"]

@@ -81,7 +81,10 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   # ---------------------------------------------------------------------- features (cached)
   # Keyed by the weights actually read (a pre-training workdir that gained a checkpoint gives
   # new features), the model and transform settings, and the split's examples.
-  weights = startup.weights_fingerprint(config.init)
+  # Process 0's fingerprint counts (file times may differ between hosts' copies), and every
+  # process keeps its own copy of the (all-gathered) features: the extraction is a collective,
+  # so it is skipped only when every process has the file.
+  weights = loop_lib.same_on_all_processes(startup.weights_fingerprint(config.init))
   feature_dir = os.path.join(workdir, "features")
   data = {}
   for split in splits:
@@ -89,14 +92,16 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
         [weights, config.model.to_dict(), config.data.eval_resize,
          manifest["splits"][split]]).encode()).hexdigest()[:16]
     path = os.path.join(feature_dir, f"{split}_{digest}.npz")
-    if os.path.exists(path):
-      cached = np.load(path)
-      data[split] = (cached["features"], cached["labels"])
+    if loop_lib.all_processes_agree(os.path.exists(path)):
+      with np.load(path) as cached:
+        data[split] = (cached["features"], cached["labels"])
       continue
     data[split] = extract(config, mesh, encoder, params, split, preemption)
-    if jax.process_index() == 0:
+    if not os.path.exists(path):
       os.makedirs(feature_dir, exist_ok=True)
-      np.savez(path, features=data[split][0], labels=data[split][1])
+      tmp = f"{path}.{jax.process_index()}.tmp.npz"
+      np.savez(tmp, features=data[split][0], labels=data[split][1])
+      os.replace(tmp, path)
     logging.info("features of %s: %s", split, data[split][0].shape)
 
   # ---------------------------------------------------------------------- head training

@@ -80,6 +80,23 @@ class Preemption:
     self._previous = {}
 
 
+def all_processes_agree(flag: bool) -> bool:
+  """True when `flag` is true on every process (one small all-gather when there are several)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
+
+
+def same_on_all_processes(hex_digest: str) -> str:
+  """Process 0's value of a hex digest, on every process."""
+  if jax.process_count() == 1:
+    return hex_digest
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(bytes.fromhex(hex_digest), np.uint8)
+  return bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)).hex()
+
+
 def create_sharded_state(init_fn: Callable[[jax.Array], TrainState], rng: jax.Array, mesh,
                          min_shard_size: int = sharding.MIN_SHARDED_SIZE):
   """Initialises the state directly into its shardings (shapes first, then a jitted init).
