@@ -302,8 +302,7 @@ def run(config, teacher_name: str) -> dict:
 
   from uniemox_jax import sharding
   from uniemox_jax.models import clip
-  from uniemox_jax.train import loop as loop_lib
-  from uniemox_jax.train import optim, pretrain, validation
+  from uniemox_jax.train import pretrain, validation
   from uniemox_jax.train.common import dtype_of
 
   validation.validate(config, check_paths=False)

@@ -7,7 +7,6 @@ kept (besides the latest) and evaluated on test at the end → `results.json`.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time

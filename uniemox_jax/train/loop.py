@@ -14,11 +14,10 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 

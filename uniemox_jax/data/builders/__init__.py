@@ -38,3 +38,11 @@ from uniemox_jax.data.builders.person_boxes import NoPersonBoxes
 from uniemox_jax.data.builders.person_boxes import PersonBoxes
 from uniemox_jax.data.builders.person_boxes import make_person_boxes
 from uniemox_jax.data.builders.person_boxes import normalise_box
+
+__all__ = [
+    "DATASETS", "DatasetNotPreparedError", "TextDecodedSource", "canonical_name",
+    "ensure_absl_flags", "get_builder", "is_prepared", "load_source", "prepare",
+    "prepare_command", "REPORT_NAME", "ManualDirError", "Emoset", "EmotionFolder",
+    "EmotionFolderConfig", "BadImage", "BadImagesError", "FilePersonBoxes", "NoPersonBoxes",
+    "PersonBoxes", "make_person_boxes", "normalise_box",
+]
