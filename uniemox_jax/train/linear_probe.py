@@ -75,8 +75,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
                                      mesh=mesh, config=config)
   splits = (config.data.train_split, config.data.val_split, config.data.test_split)
   sources = {s: load_split(config, s) for s in splits}
-  run_info.write(workdir, config, sources)
-  manifest = run_info.data_manifest(config.data.name, sources)
+  manifest = run_info.write(workdir, config, sources)
 
   # ---------------------------------------------------------------------- features (cached)
   # Keyed by the weights actually read (a pre-training workdir that gained a checkpoint gives

@@ -66,8 +66,7 @@ class Preemption:
       return local
     from jax.experimental import multihost_utils
     notice = step is not None and multihost_utils.reached_preemption_sync_point(step)
-    anyone = multihost_utils.process_allgather(np.asarray(local, np.int32))
-    return bool(notice or np.any(anyone))
+    return bool(notice or np.any(process_flags(local)))
 
   def check(self, where: str, step: int | None = None):
     if self.requested(step):
@@ -79,12 +78,17 @@ class Preemption:
     self._previous = {}
 
 
-def all_processes_agree(flag: bool) -> bool:
-  """True when `flag` is true on every process (one small all-gather when there are several)."""
+def process_flags(flag: bool) -> np.ndarray:
+  """Every process's `flag`, in process order (one small all-gather when there are several)."""
   if jax.process_count() == 1:
-    return bool(flag)
+    return np.asarray([bool(flag)])
   from jax.experimental import multihost_utils
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
+  return np.asarray(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32)), bool)
+
+
+def all_processes_agree(flag: bool) -> bool:
+  """True when `flag` is true on every process."""
+  return bool(np.all(process_flags(flag)))
 
 
 def same_on_all_processes(hex_digest: str) -> str:

@@ -49,9 +49,11 @@ def data_manifest(name: str, splits: Mapping[str, Sequence]) -> dict:
   return out
 
 
-def write(workdir: str, config, splits: Mapping[str, Sequence]):
+def write(workdir: str, config, splits: Mapping[str, Sequence]) -> dict:
+  """Writes `run_info.json` (process 0) and returns the data manifest (every process)."""
+  manifest = data_manifest(config.data.name, splits)
   if jax.process_index() != 0:
-    return
+    return manifest
   os.makedirs(workdir, exist_ok=True)
   info = {
       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -60,12 +62,13 @@ def write(workdir: str, config, splits: Mapping[str, Sequence]):
       "versions": versions(),
       "devices": {"count": jax.device_count(), "processes": jax.process_count(),
                   "kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform},
-      "data": data_manifest(config.data.name, splits),
+      "data": manifest,
   }
   with open(os.path.join(workdir, "run_info.json"), "w") as f:
     json.dump(info, f, indent=1)
   with open(os.path.join(workdir, "run_info_history.jsonl"), "a") as f:
     f.write(json.dumps(info) + "\n")
+  return manifest
 
 
 def mark_done(workdir: str, summary: dict):
