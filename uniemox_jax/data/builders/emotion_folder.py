@@ -20,6 +20,17 @@ from uniemox_jax.data.builders import base
 from uniemox_jax.data.classes import BENCHMARKS, SPLITS, Benchmark
 
 
+def _class_folders(split_dir: epath.Path) -> dict[str, list[str]]:
+  """Class name (lower case) → the split's folders of that name, matched case-insensitively:
+  the authors' split script writes some data sets' folders capitalised ('Anger', 'Happy');
+  the label is still the class's place in the fixed list."""
+  by_class: dict[str, list[str]] = {}
+  for p in sorted(split_dir.iterdir(), key=lambda p: p.name):
+    if p.is_dir() and not base.is_hidden(p.name):
+      by_class.setdefault(p.name.lower(), []).append(p.name)
+  return by_class
+
+
 def _instructions() -> str:
   rows = '\n'.join(f'  {b.name:12s} DIR/{b.folder}/  classes: {", ".join(b.classes)}'
                    for b in BENCHMARKS.values())
@@ -104,17 +115,10 @@ class EmotionFolder(base.CheckedImageBuilder):
           f'{name}: split folder(s) {[os.fspath(ds_dir / s) for s in missing]} missing in '
           f'{ds_dir} (it holds: {base.listing(ds_dir)}).\n\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     problems = []
-    self._class_folders = {}
     for split in SPLITS:
       split_dir = ds_dir / split
-      found = sorted(p.name for p in split_dir.iterdir()
-                     if p.is_dir() and not base.is_hidden(p.name))
-      # Class folders match case-insensitively: the authors' split script writes some data
-      # sets' folders capitalised ('Anger', 'Happy'); the label is still the class's place in
-      # the fixed list.
-      by_class: dict[str, list[str]] = {}
-      for folder in found:
-        by_class.setdefault(folder.lower(), []).append(folder)
+      by_class = _class_folders(split_dir)
+      found = sorted(f for folders in by_class.values() for f in folders)
       missing_cls = sorted(set(classes) - set(by_class))
       extra = sorted(f for f in found if f.lower() not in classes)
       clashes = sorted(f for c in classes for f in by_class.get(c, ()) if len(by_class[c]) > 1)
@@ -123,7 +127,6 @@ class EmotionFolder(base.CheckedImageBuilder):
                         f'{list(classes)} (missing: {missing_cls}, unexpected: {extra})')
       if clashes:
         problems.append(f'{split_dir}: class folders {clashes} differ only in case; keep one.')
-      self._class_folders[split] = {c: by_class[c][0] for c in classes if c in by_class}
     if problems:
       raise base.ManualDirError(
           f'{name}: wrong class folders (labels are the sorted class names, matched ignoring '
@@ -138,9 +141,9 @@ class EmotionFolder(base.CheckedImageBuilder):
       logging.warning('%s: ignoring %d file(s) outside the class folders: %s', split_dir,
                       len(stray), stray[:10])
     items, hidden = [], 0
+    by_class = _class_folders(split_dir)   # validated: exactly one folder per class
     for label, cls in enumerate(self.builder_config.classes):
-      folder = self._class_folders[split][cls]
-      for dirpath, dirnames, filenames in os.walk(os.fspath(split_dir / folder)):
+      for dirpath, dirnames, filenames in os.walk(os.fspath(split_dir / by_class[cls][0])):
         dirnames[:] = sorted(d for d in dirnames if not base.is_hidden(d))
         for fname in sorted(filenames):
           if base.is_hidden(fname):
