@@ -9,6 +9,8 @@ import os
 
 import jax
 
+from uniemox_jax.train.common import NotACheckpointError, checkpoint_location
+
 README_DATA = "README.md, section 'Real data and weights'"
 README_DEMO = "README.md, section 'Quick start'"
 README_START = "README.md, section 'Starting points, checkpoints and resume'"
@@ -140,7 +142,6 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
       if path and not os.path.exists(path):
         problems.append(f"config.{key}={path!r} does not exist ({README_START})")
     if config.get("resume") and os.path.exists(config.resume):
-      from uniemox_jax.train.common import NotACheckpointError, checkpoint_location
       try:
         checkpoint_location(config.resume)
       except NotACheckpointError as e:

@@ -128,7 +128,7 @@ class Emoset(base.CheckedImageBuilder):
             'width': tfds.features.Scalar(np.int32, doc='image width in pixels'),
         }),
         supervised_keys=('image', 'label'),
-        homepage='https://github.com/JingyuanYY/EmoSet',
+        homepage='github.com/JingyuanYY/EmoSet',  # the release page (never fetched)
         citation=('@inproceedings{yang2023emoset, title={EmoSet: A Large-scale Visual '
                   'Emotion Dataset with Rich Attributes}, author={Yang, Jingyuan and Huang, '
                   'Qirui and Ding, Tingting and Lischinski, Dani and Cohen-Or, Daniel and '
