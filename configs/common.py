@@ -102,3 +102,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint = checkpoint_config()
   config.log = log_config()
   return config
+
+
+def demo_base(config, *, batch_size: int, total_epochs: int) -> None:
+  """What every `:demo` config shares: the tiny `mu` model at 64 px in float32, the generated
+  data that `bash demo.sh` prepares under DEMO_DIR, read in the main process."""
+  config.batch_size = batch_size
+  config.total_epochs = total_epochs
+  config.model.variant = "mu"
+  config.model.image_size = 64
+  config.model.dtype = "float32"
+  config.data.data_dir = f"{DEMO_DIR}/tfds"
+  config.data.num_workers = 0

@@ -70,20 +70,13 @@ def get_config(arg=None):
 
 
 def _demo(config):
-  d = common.DEMO_DIR
-  config.batch_size = 32
-  config.total_epochs = 30
+  common.demo_base(config, batch_size=32, total_epochs=30)
   config.warmup_epochs = 3
-  config.model.variant = "mu"
-  config.model.image_size = 64
   config.model.drop_path_rate = 0.1
-  config.model.dtype = "float32"
-  config.data.data_dir = f"{d}/tfds"
   config.data.eval_resize = 73
-  config.data.num_workers = 0
   config.optim.lr = 1e-3
   config.optim.layer_decay = 0.9
   config.eval.every_epochs = 5
   config.eval.batch_size = 64
-  config.init = f"{d}/pretrain"
+  config.init = f"{common.DEMO_DIR}/pretrain"
   config.log.every_steps = 20

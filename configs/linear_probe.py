@@ -56,16 +56,9 @@ def get_config(arg=None):
   config.eval = ml_collections.ConfigDict(dict(every_epochs=1, batch_size=256))
   config.checkpoint = common.checkpoint_config(every_steps=0, keep=1)
   if args.demo:
-    d = common.DEMO_DIR
-    config.model.variant = "mu"
-    config.model.image_size = 64
-    config.model.dtype = "float32"
-    config.data.data_dir = f"{d}/tfds"
+    common.demo_base(config, batch_size=64, total_epochs=60)
     config.data.eval_resize = 73
-    config.data.num_workers = 0
-    config.batch_size = 64
-    config.total_epochs = 60
     config.optim.lr = 3e-3
     config.eval.batch_size = 64
-    config.init = f"{d}/pretrain"
+    config.init = f"{common.DEMO_DIR}/pretrain"
   return config

@@ -105,16 +105,9 @@ def get_config(arg=None):
 
 
 def _demo(config):
-  d = common.DEMO_DIR
-  config.batch_size = 32
-  config.total_epochs = 40
+  common.demo_base(config, batch_size=32, total_epochs=40)
   config.warmup_epochs = 4
-  config.model.variant = "mu"
-  config.model.image_size = 64
-  config.model.dtype = "float32"
-  config.teacher.path = f"{d}/tiny_clip"
-  config.data.data_dir = f"{d}/tfds"
-  config.data.num_workers = 0
+  config.teacher.path = f"{common.DEMO_DIR}/tiny_clip"
   config.optim.lr = 1e-3
   config.checkpoint.every_steps = 100
   config.log.every_steps = 20
