@@ -22,18 +22,24 @@ def probe_config(env, init, **overrides):
   return shrink_probe(probe_cfg.get_config("emo8,demo"), env, init, **overrides)
 
 
-def shrink_pretrain(c, env, **overrides):
-  """Any pre-training config at test size: the `mu` model at 32 px on the demo data."""
+def _tiny(c, env):
+  """What every task shares at test size: the `mu` model at 32 px, float32, on the demo data
+  read in the main process."""
   c.model.variant = "mu"
   c.model.dtype = "float32"
   c.model.image_size = 32
   c.data.num_workers = 0
+  c.data.data_dir = env.tfds
   c.batch_size = 8
+
+
+def shrink_pretrain(c, env, **overrides):
+  """Any pre-training config at test size: the `mu` model at 32 px on the demo data."""
+  _tiny(c, env)
   c.total_steps = 4
   c.total_epochs = 10
   c.warmup_epochs = 1
   c.teacher.path = env.clip
-  c.data.data_dir = env.tfds
   c.checkpoint.every_steps = 2
   c.log.every_steps = 1
   for key, value in overrides.items():
@@ -42,19 +48,14 @@ def shrink_pretrain(c, env, **overrides):
 
 
 def shrink_finetune(c, env, **overrides):
-  c.model.variant = "mu"
-  c.model.dtype = "float32"
-  c.model.image_size = 32
-  c.data.num_workers = 0
+  _tiny(c, env)
   c.optim.lr = 1e-3
   c.data.eval_resize = 37
-  c.batch_size = 8
   c.total_steps = 6
   c.total_epochs = 2
   c.warmup_epochs = 1
   c.eval.every_epochs = 1
   c.eval.batch_size = 8
-  c.data.data_dir = env.tfds
   c.init = ""
   c.log.every_steps = 1
   for key, value in overrides.items():
@@ -63,16 +64,11 @@ def shrink_finetune(c, env, **overrides):
 
 
 def shrink_probe(c, env, init, **overrides):
-  c.model.variant = "mu"
-  c.model.dtype = "float32"
-  c.model.image_size = 32
-  c.data.num_workers = 0
+  _tiny(c, env)
   c.optim.lr = 3e-3
   c.data.eval_resize = 37
-  c.data.data_dir = env.tfds
   c.init = init
   c.total_epochs = 5
-  c.batch_size = 8
   c.eval.batch_size = 8
   for key, value in overrides.items():
     _set(c, key, value)
