@@ -513,15 +513,14 @@ class VisionTower(nn.Module):
         name=f'block_{i}',
       )(x)
     pooled = LayerNorm(s.layer_norm_eps, self.dtype, name='ln_post')(x[:, 0])
-    features = nn.Dense(
-      s.projection_dim,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(s.vision_width**-0.5),
-      name='projection',
-    )(pooled)
+    features = _projection(s.projection_dim, s.vision_width, self.dtype)(pooled)
     return features, {'encoded': x, 'pooled': pooled}
+
+
+def _projection(dim: int, width: int, dtype) -> nn.Dense:
+  """A tower's bias-free output projection `width → dim` (CLIP's init: normal(width^-0.5))."""
+  return nn.Dense(dim, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.initializers.normal(width**-0.5), name='projection')
 
 
 class TextTower(nn.Module):
@@ -576,14 +575,7 @@ class TextTower(nn.Module):
     else:
       eos_index = jnp.argmax(input_ids == s.eos_token_id, axis=-1)
     pooled = x[jnp.arange(batch), eos_index]
-    features = nn.Dense(
-      s.projection_dim,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(s.text_width**-0.5),
-      name='projection',
-    )(pooled)
+    features = _projection(s.projection_dim, s.text_width, self.dtype)(pooled)
     return features, {'encoded': x, 'pooled': pooled, 'eos_index': eos_index}
 
 
