@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from uniemox_jax.models import clip
+from uniemox_jax.weights import clip as clip_weights
 
 SPEC = clip.ClipSpec(
   image_size=32,
@@ -312,7 +313,7 @@ def test_spec_config_round_trips():
     jnp.zeros((1, 16), jnp.int32),
   )
   params = jax.tree.map(lambda a: np.zeros(a.shape, np.float32), abstract['params'])
-  hf = clip._params_to_hf(OPENAI_SPEC, params)  # pylint: disable=protected-access
+  hf = clip_weights._params_to_hf(OPENAI_SPEC, params)  # pylint: disable=protected-access
   shapes = {k: v.shape for k, v in to_openai_layout(hf).items()}
   assert clip.ClipSpec.from_openai_shapes(shapes) == OPENAI_SPEC
   # ViT-B/16 sizes from shapes alone (no arrays needed).
