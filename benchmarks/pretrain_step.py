@@ -300,10 +300,9 @@ def run(config, teacher_name: str) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from uniemox_jax import sharding
-  from uniemox_jax.models import clip
+  from uniemox_jax import sharding, teacher as teacher_lib
+  from uniemox_jax.models import clip, vit
   from uniemox_jax.train import pretrain, validation
-  from uniemox_jax.train.common import dtype_of
 
   validation.validate(config, check_paths=False)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -313,11 +312,14 @@ def run(config, teacher_name: str) -> dict:
   batch = int(config.batch_size)
 
   # ------------------------------------------------------------------ teacher (random, frozen)
-  teacher = clip.CLIP(spec, dtype=dtype_of(config.teacher.dtype))
   teacher_params = jax.jit(clip.CLIP(spec).init, out_shardings=sharding.replicated(mesh))(
       jax.random.key(config.seed + 1),
       jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32),
       jnp.zeros((1, spec.context_length), jnp.int32))["params"]
+  # The synthetic batches carry `text_emb` themselves when the text is "cached".
+  teacher = teacher_lib.Teacher(
+      clip.CLIP(spec, dtype=vit.dtype_of(config.teacher.dtype)), teacher_params,
+      teacher_lib.Plan.from_config(config.loss, cache_text), input_norm=config.teacher.input_norm)
 
   # ------------------------------------------------------------------ student, optimizer, state
   # The schedule's length only changes the lr value, not the cost.
@@ -332,8 +334,7 @@ def run(config, teacher_name: str) -> dict:
 
   # ------------------------------------------------------------------ the real step, compiled
   compiled, compile_info = pretrain.compile_train_step(
-      config, mesh, model, teacher, tx, lr_fn, state, state_shardings, teacher_params,
-      batch_arrays, cached_text=cache_text)
+      config, mesh, model, teacher, tx, lr_fn, state, state_shardings, batch_arrays)
 
   # ------------------------------------------------------------------ warm-up, then timed steps
   metrics = None

@@ -7,6 +7,7 @@ bool or string.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 # The demo writes everything under this directory (relative to where main.py runs).
 DEMO_DIR = "demo_out"
@@ -48,6 +49,11 @@ def _parse_value(value: str, default):
   return value
 
 
+def variant_default():
+  """An unset int: the model variant's own value (`None`) until the user sets one."""
+  return config_dict.placeholder(int)
+
+
 def mesh_config() -> ml_collections.ConfigDict:
   # -1: all remaining devices. fsdp > 1 shards parameters and optimizer state (tensors of at
   # least min_shard_size elements, over their largest dimension the fsdp size divides).
@@ -56,7 +62,7 @@ def mesh_config() -> ml_collections.ConfigDict:
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
   cfg = dict(
-      base_lr=1e-3,        # lr = base_lr × global batch / 256 (SPEC §4), unless lr > 0
+      base_lr=1e-3,        # lr = base_lr × global batch / 256 (docs/method.md §4), unless lr > 0
       lr=0.0,              # absolute peak lr; 0 derives it from base_lr
       b1=0.9, b2=0.95, eps=1e-8,
       weight_decay=0.05,   # not applied to biases and norm scales

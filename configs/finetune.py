@@ -1,4 +1,4 @@
-r"""Fine-tuning on an emotion benchmark (SPEC §4): all weights trained, best val epoch → test.
+r"""Fine-tuning on an emotion benchmark (docs/method.md §4): all weights trained, best val epoch → test.
 
 Recipe: 100 epochs, batch 16 per device (128 on 8 devices), lr 1e-3 × batch/256, 5 warm-up
 epochs, cosine to 1e-6, AdamW (0.9, 0.999), wd 0.05, layer-wise lr decay 0.75, drop path 0.2,
@@ -48,7 +48,9 @@ def get_config(arg=None):
   config.total_epochs = 100
   config.warmup_epochs = 5
   config.model = ml_collections.ConfigDict(dict(
-      variant=args.variant, image_size=224, patch_size=0, num_classes=NUM_CLASSES[dataset],
+      variant=args.variant, image_size=224,
+      patch_size=common.variant_default(),   # None: the variant's
+      num_classes=NUM_CLASSES[dataset],
       drop_path_rate=0.2, dtype="bfloat16", remat=False, attention_impl="explicit"))
   config.data = ml_collections.ConfigDict(dict(
       name=f"emotion_folder/{dataset}", data_dir="",

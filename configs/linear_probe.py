@@ -45,7 +45,9 @@ def get_config(arg=None):
   config.total_epochs = 90
   config.warmup_epochs = 5
   config.model = ml_collections.ConfigDict(dict(
-      variant=args.variant, image_size=224, patch_size=0, num_classes=NUM_CLASSES[dataset],
+      variant=args.variant, image_size=224,
+      patch_size=common.variant_default(),   # None: the variant's
+      num_classes=NUM_CLASSES[dataset],
       pool=args.pool, dtype="bfloat16", attention_impl="explicit"))
   config.data = ml_collections.ConfigDict(dict(
       name=f"emotion_folder/{dataset}", data_dir="", train_split="train", val_split="val",

@@ -1,4 +1,4 @@
-r"""UniEmoX pre-training (SPEC §1, §4).
+r"""UniEmoX pre-training (docs/method.md §1, §4).
 
 The paper's recipe: ViT-L/16 student initialised from ImageNet MAE weights, EmoSet-118K
 train+val, frozen CLIP ViT-B/16 teacher (image and text), L = L_con + L_sim + L_rec,
@@ -15,7 +15,7 @@ ETA every 50 steps. Cost: about 0.25 TFLOP per image per step for L/16 with the 
 (mask 0.75, analytic count of benchmarks/pretrain_step.py), so ~25 PFLOP per epoch of
 EmoSet train+val (~100K images); measure your hardware's step time with that benchmark. On
 the demo, L_rec falls from ~1.6 to ~0.38, L_sim from ~1.0 to ~0.05 and L_con from ~0.4 to
-~0.01 in 280 steps. No paper accuracy could be verified here (SPEC §0).
+~0.01 in 280 steps. No paper accuracy could be verified here (docs/method.md §0).
 
 Arguments (after a colon, comma-separated):
   variant=B/16|L/16|H/14   student size                      (default L/16)
@@ -23,10 +23,10 @@ Arguments (after a colon, comma-separated):
   components=con+sim+rec   the loss ablation grid: which of L_con, L_sim, L_rec (and 'nce',
                            the optional symmetric InfoNCE) are on, joined by '+'
   nofusion                 the scene token alone (γ = α; no person view)
-  decoder_output=patches|cls_broadcast       SPEC §3 #1
-  person_view=detector_crop|second_view      SPEC §3 #2
-  teacher_norm=clip|imagenet                 SPEC §3 #3
-  relation_scope=global|local                SPEC §3 #4
+  decoder_output=patches|cls_broadcast       docs/method.md §3 #1
+  person_view=detector_crop|second_view      docs/method.md §3 #2
+  teacher_norm=clip|imagenet                 docs/method.md §3 #3
+  relation_scope=global|local                docs/method.md §3 #4
   released                 all four switches as in the released code, mask ratio 0.9
   demo                     the embedded demo: tiny model, generated data, tiny random teacher
                            (`bash demo.sh` prepares them; minutes on a 2-core CPU)
@@ -56,8 +56,11 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict(dict(
       variant=args.variant,
       image_size=224,
-      patch_size=0,                      # 0: the variant's
-      decoder_width=0, decoder_depth=-1, decoder_heads=0,   # 0/-1: the variant's (512, 8, 16)
+      # None (unset): the variant's. Set an int to override (e.g. --config.model.patch_size=8).
+      patch_size=common.variant_default(),
+      decoder_width=common.variant_default(),   # the variant's: 512 (mu: 32)
+      decoder_depth=common.variant_default(),   # 8 (mu: 1)
+      decoder_heads=common.variant_default(),   # 16 (mu: 2)
       decoder_output=args.decoder_output,
       fusion="none" if args.nofusion else "easyfusion",
       fusion_heads=3,
@@ -70,7 +73,7 @@ def get_config(arg=None):
       path="",                           # HF CLIP ViT-B/16 directory or OpenAI ViT-B-16.pt
       tokenizer="",                      # defaults to `path` (needed for an OpenAI .pt file)
       input_norm=args.teacher_norm,      # 'clip' (its own statistics) or 'imagenet' (released)
-      dtype="float32",                   # the released code runs the teacher in float32
+      dtype="float32",                   # released: text tower float32, image tower fp16
       cache_text=True,                   # text embeddings computed once per data set
   ))
   config.data = ml_collections.ConfigDict(dict(

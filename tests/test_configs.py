@@ -39,7 +39,7 @@ def test_config_loads_and_validates(name, arg):
   module = {"pretrain.py": pretrain_cfg, "finetune.py": finetune_cfg,
             "linear_probe.py": probe_cfg}[name]
   config = module.get_config(arg or None)
-  assert config.task in validation.TASKS
+  assert config.task in train.TASKS
   validation.validate(config, num_devices=8, check_paths=False)
   assert module.__doc__ and "python main.py" in module.__doc__  # the launch command
 

@@ -91,8 +91,8 @@ def test_start_order_resume_and_no_teacher_in_the_checkpoint(demo_env, tmp_path)
   out = _run(tu.pretrain_config(demo_env, total_steps=4, resume=step2), b)
   assert out["step"] == 4 and tu.losses_by_step(b) == resumed
   # The frozen teacher is neither trained nor saved: the checkpoint holds the student only.
-  from uniemox_jax.train import startup
-  params, _ = startup.read_params(str(a), prefer_best=False)
+  from uniemox_jax import start
+  params, _ = start.read_params(str(a), prefer_best=False)
   # (the tiny teacher is wider than the mu decoder: the student's projection to it is trained)
   assert set(params) == {"mae", "fusion", "teacher_proj"}
   saved = sum(np.size(x) for x in jax.tree.leaves(params))
@@ -220,9 +220,9 @@ def test_sigterm_during_a_save_in_progress(demo_env, tmp_path, monkeypatch):
 @pytest.mark.slow  # more end-to-end runs: the full (Python 3.11) CI run has them
 def test_sigterm_during_evaluation_leaves_a_checkpoint_that_resumes(demo_env, tmp_path,
                                                                     monkeypatch):
-  from uniemox_jax.train import finetune
+  from uniemox_jax.evaluators import classification
   _run(tu.finetune_config(demo_env), tmp_path / "straight")
-  original_call = finetune.Evaluator.__call__
+  original_call = classification.Evaluator.__call__
   state = {"sent": False}
 
   def eval_with_sigterm(self, params):
@@ -232,7 +232,7 @@ def test_sigterm_during_evaluation_leaves_a_checkpoint_that_resumes(demo_env, tm
     return original_call(self, params)
 
   with monkeypatch.context() as m:
-    m.setattr(finetune.Evaluator, "__call__", eval_with_sigterm)
+    m.setattr(classification.Evaluator, "__call__", eval_with_sigterm)
     result = _run(tu.finetune_config(demo_env), tmp_path / "resumed")
   assert result["status"] == "preempted"
   ckpt_dir = tmp_path / "resumed" / "checkpoints"
@@ -312,8 +312,8 @@ def test_init_from_an_official_format_mae_checkpoint(demo_env, tmp_path):
   _run(tu.pretrain_config(demo_env, total_steps=1, init=path), work)
   # Step 0 is not saved, so check the loaded weights by re-reading them: the encoder's
   # patch embedding moved by one AdamW step at most lr (plus decay) from the file's.
-  from uniemox_jax.train import startup
-  loaded, _ = startup.read_params(str(work))
+  from uniemox_jax import start
+  loaded, _ = start.read_params(str(work))
   delta = np.abs(np.asarray(loaded["mae"]["encoder"]["patch_embed"]["kernel"]) -
                  np.asarray(params["encoder"]["patch_embed"]["kernel"]))
   assert delta.max() < 2e-3

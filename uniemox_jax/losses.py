@@ -1,4 +1,4 @@
-"""UniEmoX losses as pure functions (SPEC §1). Every loss is computed in float32.
+"""UniEmoX losses as pure functions (docs/method.md §1). Every loss is computed in float32.
 
   L_rec  MSE on the masked patches of the scene view (optionally per-patch normalised target)
   L_sim  1 − mean_i cos(γ_i, Ω_i)                                   (student vs CLIP image)
@@ -71,7 +71,7 @@ def relation_loss(student: jax.Array, teacher_image: jax.Array, teacher_text: ja
     num_groups: 1 relates each image to the captions of the whole (global) batch, the
       paper's intent. `n > 1` splits the batch into `n` equal consecutive groups (one per
       device, in the order the batch is sharded) and relates only within a group: the
-      released code's per-GPU behaviour (SPEC §3 #4, `loss.relation_scope='local'`).
+      released code's per-GPU behaviour (docs/method.md §3 #4, `loss.relation_scope='local'`).
   """
   b = student.shape[0]
   if b % num_groups:
@@ -112,3 +112,35 @@ def total_loss(terms: Mapping[str, jax.Array], weights: Mapping[str, float]) -> 
         raise ValueError(f"loss term {name!r} has weight {weight} but was not computed")
       total = total + weight * terms[name].astype(jnp.float32)
   return total
+
+
+RELATION_SCOPES = ("global", "local")
+
+
+def pretrain_losses(pred: jax.Array, aux: Mapping[str, jax.Array], target: jax.Array,
+                    omega: jax.Array | None, lam: jax.Array | None,
+                    weights: Mapping[str, float], *, norm_pix: bool = False,
+                    relation_groups: int = 1, nce_temperature: float = 0.07):
+  """L = Σ w·term over the switched-on terms of one pre-training batch (docs/method.md §1).
+
+  Args:
+    pred: `[B, L, p*p*3]` the decoder's prediction of the scene view; `target` the same shape.
+    aux: the model's intermediates: `'mask'` `[B, L]`, `'gamma'` `[B, E]` (the student token).
+    omega, lam: the teacher's Ω (image) and Λ (caption) features `[B, E]` (None when unused).
+    weights: {con, sim, rec, nce} → weight.
+    relation_groups: L_con within this many equal slices of the batch (1: the global batch).
+
+  Returns:
+    `(total, {term: value})` for the terms with a non-zero weight.
+  """
+  gamma = aux["gamma"]
+  terms = {}
+  if weights["rec"]:
+    terms["rec"] = reconstruction_loss(pred, target, aux["mask"], norm_pix)
+  if weights["sim"]:
+    terms["sim"] = similarity_loss(gamma, omega)
+  if weights["con"]:
+    terms["con"] = relation_loss(gamma, omega, lam, relation_groups)
+  if weights["nce"]:
+    terms["nce"] = info_nce(gamma, lam, nce_temperature)
+  return total_loss(terms, weights), terms

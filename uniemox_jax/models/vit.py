@@ -1,4 +1,4 @@
-"""Vision Transformer building blocks in MAE's conventions (SPEC §2).
+"""Vision Transformer building blocks in MAE's conventions (docs/method.md §2).
 
 Pre-norm blocks, LayerNorm eps 1e-6, exact GELU, fused qkv with bias, learned CLS token, fixed
 2-D sin-cos position embeddings (MAE's layout), Xavier-uniform linears. Images are NHWC.
@@ -21,6 +21,16 @@ from uniemox_jax import masking
 
 Dtype = Any
 LN_EPS = 1e-6
+
+# Compute dtypes by config name (`config.model.dtype`, `config.teacher.dtype`); parameters
+# always stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype_of(name: str) -> Dtype:
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +223,9 @@ class DropPath(nn.Module):
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     bern = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(bern, x / keep, jnp.zeros_like(x))
+
+
+ATTENTION_IMPLS = ("explicit", "xla", "cudnn")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "explicit",

@@ -9,7 +9,7 @@ loads; a fine-tuning checkpoint gives the timm `VisionTransformer(global_pool=Tr
 (with `fc_norm` and `head`). `.safetensors` and `.npz` need no PyTorch; `.pth` writes
 `{'model': state_dict}` with torch. For a directory of checkpoints, the best by validation
 top-1 (fine-tuning) or the latest is exported. Both formats load back with
-`uniemox_jax.models.convert` (and as `config.init`).
+`uniemox_jax.weights.mae` (and as `config.init`).
 """
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from uniemox_jax.models import convert
+from uniemox_jax import start
+from uniemox_jax.weights import mae as mae_weights
 
 
 def export(checkpoint: str, out: str, image_size: int | None = None) -> dict:
   """Writes the checkpoint's parameters to `out`; returns the state dict written."""
-  from uniemox_jax.train import startup  # reading our checkpoints
-  params, desc = startup.read_params(checkpoint)
+  params, desc = start.read_params(checkpoint)
   if image_size is None:  # only the fixed sin-cos tables depend on it
     image_size = _run_image_size(checkpoint) or 224
-  state_dict = convert.params_to_mae_state_dict(params, image_size=image_size)
+  state_dict = mae_weights.params_to_mae_state_dict(params, image_size=image_size)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if out.endswith(".safetensors"):
     from safetensors.numpy import save_file

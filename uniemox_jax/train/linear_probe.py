@@ -19,62 +19,43 @@ import numpy as np
 import optax
 from absl import logging
 
-from uniemox_jax import evaluate as evaluate_lib, metrics as metrics_lib, sharding
-from uniemox_jax.data import pipeline
+from uniemox_jax import metrics as metrics_lib, sharding, start
+from uniemox_jax.data import builders
 from uniemox_jax.data.classes import class_names_for
-from uniemox_jax.models import vit
-from uniemox_jax.train import loop as loop_lib, optim, run_info, startup
-from uniemox_jax.train.common import (IMAGENET_MEAN, IMAGENET_STD, abstract_params, dtype_of,
-                                      image_batch, load_split, normalize)
+from uniemox_jax.evaluators import classification, features as features_lib
+from uniemox_jax.models import build, vit
+from uniemox_jax.train import loop as loop_lib, optim, run_info
 
 
 def build_encoder(config) -> vit.Encoder:
   m = config.model
-  return vit.encoder_from_variant(m.variant, patch_size=m.patch_size or None,
-                                  image_size=m.image_size, pos_embed="sincos", final_norm=True,
-                                  dtype=dtype_of(m.dtype), attention_impl=m.attention_impl)
+  return vit.encoder_from_variant(m.variant, patch_size=m.patch_size, image_size=m.image_size,
+                                  pos_embed="sincos", final_norm=True,
+                                  dtype=vit.dtype_of(m.dtype), attention_impl=m.attention_impl)
 
 
-def extract(config, mesh, encoder, params, split: str, preemption) -> tuple[np.ndarray, np.ndarray]:
-  """Features `[N, D]` float32 and labels `[N]` of `split`, in source order."""
-  source = load_split(config, split)
-  batch = config.eval.batch_size
-  shard = pipeline.Sharding.from_jax()
-  ds = pipeline.eval_dataset(source, pipeline.EvalTransform(config.model.image_size,
-                                                            config.data.eval_resize),
-                             global_batch=batch, shard=shard)
-  to_global = pipeline.make_global_fn(mesh, sharding.BATCH_AXES)
-  pool = config.model.pool
+def pooled_features(encoder: vit.Encoder, pool: str):
+  """`(params, images) -> [B, D]`: the mean of the patch tokens (or the CLS token) after the
+  encoder's final norm, float32."""
 
-  @jax.jit
-  def features(p, images):
-    tokens, _ = encoder.apply({"params": p}, normalize(images, IMAGENET_MEAN, IMAGENET_STD))
-    tokens = tokens.astype(jnp.float32)
+  def fn(params, images):
+    tokens, _ = encoder.apply({"params": params}, images)
+    tokens = tokens.astype(jax.numpy.float32)
     return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(axis=1)
 
-  feats, labels, index = [], [], []
-  from jax.experimental import multihost_utils
-  for local in pipeline.to_iter(ds, config.data.num_workers):
-    preemption.check("feature extraction")
-    out = features(params, to_global({"image": local["image"]})["image"])
-    out = multihost_utils.process_allgather(out, tiled=True)
-    valid = multihost_utils.process_allgather(local["valid"], tiled=True)
-    feats.append(np.asarray(out)[valid])
-    labels.append(multihost_utils.process_allgather(local["label"], tiled=True)[valid])
-    index.append(multihost_utils.process_allgather(local["index"], tiled=True)[valid])
-  order = np.argsort(np.concatenate(index))
-  return np.concatenate(feats)[order], np.concatenate(labels)[order]
+  return fn
 
 
 def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   class_names = class_names_for(config.data.name)
   encoder = build_encoder(config)
-  abstract = abstract_params(encoder, image_batch(encoder.image_size, 1))
-  params = startup.load_weights_into(config.init, abstract, target="encoder", allow_new=False,
+  abstract = build.abstract_params(encoder, build.image_batch(encoder.image_size, 1))
+  params = start.load_weights_into(config.init, abstract, target="encoder", allow_new=False,
                                      mesh=mesh, config=config)
   splits = (config.data.train_split, config.data.val_split, config.data.test_split)
-  sources = {s: load_split(config, s) for s in splits}
+  sources = {s: builders.load_source(config.data.name, s, config.data.data_dir)
+             for s in splits}
   manifest = run_info.write(workdir, config, sources)
 
   # ---------------------------------------------------------------------- features (cached)
@@ -83,8 +64,9 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   # Process 0's fingerprint counts (file times may differ between hosts' copies), and every
   # process keeps its own copy of the (all-gathered) features: the extraction is a collective,
   # so it is skipped only when every process has the file.
-  weights = loop_lib.same_on_all_processes(startup.weights_fingerprint(config.init))
+  weights = loop_lib.same_on_all_processes(start.weights_fingerprint(config.init))
   feature_dir = os.path.join(workdir, "features")
+  feature_fn = pooled_features(encoder, config.model.pool)
   data = {}
   for split in splits:
     digest = hashlib.sha256(json.dumps(
@@ -95,7 +77,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
       with np.load(path) as cached:
         data[split] = (cached["features"], cached["labels"])
       continue
-    data[split] = extract(config, mesh, encoder, params, split, preemption)
+    data[split] = features_lib.extract(config, mesh, feature_fn, params, split, preemption)
     if not os.path.exists(path):
       os.makedirs(feature_dir, exist_ok=True)
       tmp = f"{path}.{jax.process_index()}.tmp.npz"
@@ -138,10 +120,8 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
 
   def evaluate(h, split):
     x, y = standard[split]
-    logits = np.asarray(x @ np.asarray(h["kernel"]) + np.asarray(h["bias"]))
-    acc = evaluate_lib.Accumulator(num_classes)
-    acc.add(np.argsort(-logits, axis=1)[:, :3], y, np.ones(len(y), bool))
-    return acc.result(class_names)
+    logits = x @ np.asarray(h["kernel"]) + np.asarray(h["bias"])
+    return classification.evaluate_logits(logits, y, class_names)
 
   epochs = max(1, total // steps_per_epoch)
   best = (-1.0, None, -1)
@@ -168,7 +148,7 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
              "test_top1": test["top1"], "test_top3": test["top3"],
              "test_num_examples": test["num_examples"]}
   if jax.process_index() == 0:
-    evaluate_lib.write_confusion(test, os.path.join(workdir, "eval", "test_best"))
+    classification.write_confusion(test, os.path.join(workdir, "eval", "test_best"))
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=1)
     run_info.mark_done(workdir, results)

@@ -147,6 +147,12 @@ def total_steps(config, steps_per_epoch: int) -> int:
       round(config.total_epochs * steps_per_epoch))
 
 
+def keep_period(config, steps_per_epoch: int) -> int:
+  """Steps between checkpoints kept for good (`config.checkpoint.keep_every_epochs`; 0: none)."""
+  epochs = config.checkpoint.keep_every_epochs
+  return max(1, int(round(epochs * steps_per_epoch))) if epochs else 0
+
+
 def warmup_steps(config, steps_per_epoch: int, total: int) -> int:
   if config.total_steps > 0 and config.total_epochs > 0:
     # Smoke runs cut by total_steps keep the warm-up fraction of the full schedule.
@@ -287,8 +293,3 @@ class Loop:
       self.writer.flush()
       return state, "preempted"
 
-
-def eval_pending_after_restore(checkpointer: checkpointing.Checkpointer, step: int,
-                               meta: dict) -> bool:
-  """Whether the evaluation due at the restored `step` was interrupted (and not redone)."""
-  return bool(meta.get("eval_pending")) and checkpointer.metrics(step) is None

@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule, weight-decay mask and layer-wise lr decay (SPEC §4).
+"""Optimizer, learning-rate schedule, weight-decay mask and layer-wise lr decay (docs/method.md §4).
 
 AdamW as PyTorch computes it for a parameter group with learning rate `lr_g`:
 `p ← p − lr_g · (adam(g) + wd · p)`. Layer-wise decay gives each layer its own `lr_g`

@@ -9,14 +9,15 @@ import os
 
 import jax
 
-from uniemox_jax.train.common import NotACheckpointError, checkpoint_location
+from uniemox_jax import losses, preprocess
+from uniemox_jax.data import pipeline
+from uniemox_jax.data.classes import SPLITS as SPLIT_NAMES
+from uniemox_jax.models import fusion, mae, vit
+from uniemox_jax.start import NotACheckpointError, checkpoint_location
 
 README_DATA = "README.md, section 'Real data and weights'"
 README_DEMO = "README.md, section 'Quick start'"
 README_START = "README.md, section 'Starting points, checkpoints and resume'"
-SPLIT_NAMES = ("train", "val", "test")
-TASKS = ("pretrain", "finetune", "linear_probe", "eval")
-DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -35,11 +36,11 @@ def _data_hint(config) -> str:
 
 def validate(config, *, num_devices: int | None = None, check_paths: bool = True) -> None:
   """Raises `ConfigError` listing every problem found in `config`."""
-  from uniemox_jax.models import fusion, mae, vit  # models are cheap to import
+  from uniemox_jax.train.run import TASKS  # pylint: disable=g-import-not-at-top (a cycle)
   problems = []
   num_devices = num_devices or jax.device_count()
   if config.task not in TASKS:
-    problems.append(f"config.task={config.task!r}: must be one of {TASKS}")
+    problems.append(f"config.task={config.task!r}: must be one of {tuple(TASKS)}")
 
   # --- sizes and ratios
   if config.batch_size <= 0 or config.batch_size % num_devices:
@@ -56,8 +57,11 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
     if model.image_size % patch:
       problems.append(f"config.model.image_size={model.image_size} is not a multiple of the "
                       f"patch size {patch}")
-  if model.get("dtype") not in DTYPES:
-    problems.append(f"config.model.dtype={model.get('dtype')!r}: use one of {DTYPES}")
+  if model.get("dtype") not in vit.DTYPES:
+    problems.append(f"config.model.dtype={model.get('dtype')!r}: use one of {tuple(vit.DTYPES)}")
+  if model.get("attention_impl", "explicit") not in vit.ATTENTION_IMPLS:
+    problems.append(f"config.model.attention_impl={model.attention_impl!r}: use one of "
+                    f"{vit.ATTENTION_IMPLS}")
   if "mask_ratio" in model and not 0.0 <= model.mask_ratio < 1.0:
     problems.append(f"config.model.mask_ratio={model.mask_ratio} must be in [0, 1)")
   if "decoder_output" in model and model.decoder_output not in mae.DECODER_OUTPUTS:
@@ -79,19 +83,24 @@ def validate(config, *, num_devices: int | None = None, check_paths: bool = True
 
   if config.task == "pretrain":
     loss = config.loss
-    if not any(loss[k] for k in ("con", "sim", "rec", "nce")):
+    if not any(loss[k] for k in losses.LOSS_TERMS):
       problems.append("config.loss: every term has weight 0; switch on at least one of "
                       "con, sim, rec, nce")
-    if loss.relation_scope not in ("global", "local"):
-      problems.append(f"config.loss.relation_scope={loss.relation_scope!r}: 'global' or 'local'")
-    if config.teacher.input_norm not in ("clip", "imagenet"):
-      problems.append(f"config.teacher.input_norm={config.teacher.input_norm!r}: "
-                      "'clip' or 'imagenet'")
-    if config.teacher.dtype not in DTYPES:
-      problems.append(f"config.teacher.dtype={config.teacher.dtype!r}: use one of {DTYPES}")
-    if config.data.person_view not in ("detector_crop", "second_view"):
-      problems.append(f"config.data.person_view={config.data.person_view!r}: "
-                      "'detector_crop' or 'second_view'")
+    if loss.relation_scope not in losses.RELATION_SCOPES:
+      problems.append(f"config.loss.relation_scope={loss.relation_scope!r}: use one of "
+                      f"{losses.RELATION_SCOPES}")
+    if config.teacher.input_norm not in preprocess.TEACHER_NORMS:
+      problems.append(f"config.teacher.input_norm={config.teacher.input_norm!r}: use one of "
+                      f"{tuple(preprocess.TEACHER_NORMS)}")
+    if config.teacher.dtype not in vit.DTYPES:
+      problems.append(f"config.teacher.dtype={config.teacher.dtype!r}: use one of "
+                      f"{tuple(vit.DTYPES)}")
+    if config.data.caption_field not in pipeline.CAPTION_FIELDS:
+      problems.append(f"config.data.caption_field={config.data.caption_field!r}: use one of "
+                      f"{pipeline.CAPTION_FIELDS}")
+    if config.data.person_view not in pipeline.PERSON_VIEWS:
+      problems.append(f"config.data.person_view={config.data.person_view!r}: use one of "
+                      f"{pipeline.PERSON_VIEWS}")
     if not 0.0 < config.data.scale_min <= 1.0:
       problems.append(f"config.data.scale_min={config.data.scale_min} must be in (0, 1]")
     if check_paths:

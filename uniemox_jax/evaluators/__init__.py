@@ -1,0 +1,2 @@
+"""Evaluators: classification (top-k, confusion matrices), and the read-outs of a
+pre-trained student (see the submodules)."""
