@@ -9,8 +9,6 @@ import json
 import logging as std_logging
 import os
 import resource
-import socket
-import struct
 import time
 from typing import Any, Mapping
 
@@ -55,85 +53,30 @@ class MetricWriter:
 
 
 # --------------------------------------------------------------------------------------
-# TensorBoard event files, written directly: TFRecord framing around `Event` protos holding
-# scalar summaries. (tensorboardX would do, but it imports PyTorch when it is installed,
-# which costs seconds at every start; TensorFlow is not a dependency.)
-
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  n &= (1 << 64) - 1
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out.append(byte | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           tag: str | None = None, value: float | None = None) -> bytes:
-  """A serialised `tensorflow.Event` (wall_time=1, step=2, file_version=3, summary=5)."""
-  out = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-  if file_version is not None:
-    out += _field_bytes(3, file_version.encode())
-  if tag is not None:
-    summary_value = _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value)
-    out += _field_bytes(5, _field_bytes(1, summary_value))
-  return out
+# TensorBoard event files through the `tensorboard` package's own writer and protos (it
+# imports neither TensorFlow nor PyTorch; tensorboardX would import PyTorch when installed).
 
 
 class EventFileWriter:
-  """Appends scalar summaries to `<logdir>/events.out.tfevents.<time>.<host>`."""
+  """Scalar summaries in `<logdir>/events.out.tfevents.*`."""
 
   def __init__(self, logdir: str):
+    from tensorboard.summary.writer import event_file_writer  # pylint: disable=g-import-not-at-top
     os.makedirs(logdir, exist_ok=True)
-    self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time())}."
-                                     f"{socket.gethostname()}")
-    self._file = open(self.path, "ab")
-    self._write(_event(time.time(), 0, file_version="brain.Event:2"))
-
-  def _write(self, data: bytes):
-    header = struct.pack("<Q", len(data))
-    self._file.write(header + struct.pack("<I", _masked_crc(header)) + data +
-                     struct.pack("<I", _masked_crc(data)))
+    self._writer = event_file_writer.EventFileWriter(logdir, flush_secs=30)
 
   def scalar(self, tag: str, value: float, step: int):
-    self._write(_event(time.time(), step, tag=tag, value=float(value)))
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag,
+                                                                   simple_value=float(value))])
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary))
 
   def flush(self):
-    self._file.flush()
+    self._writer.flush()
 
   def close(self):
-    self._file.close()
+    self._writer.close()
 
 
 def _to_python(value):
