@@ -1,4 +1,4 @@
-"""Captions built from EmoSet attributes (SPEC §2 "Captions").
+"""Captions built from EmoSet attributes (docs/method.md §2 "Captions").
 
 One caption per image, fed to the frozen CLIP text tower. Sentences, in this order, each
 skipped when its attribute is missing (absent, ``None``, empty string or empty list):

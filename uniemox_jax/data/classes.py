@@ -1,4 +1,4 @@
-"""Fixed class lists and folder names of the data sets UniEmoX uses (SPEC §5).
+"""Fixed class lists and folder names of the data sets UniEmoX uses (docs/method.md §5).
 
 Two conventions meet here and must not be mixed up:
 

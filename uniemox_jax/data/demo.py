@@ -1,4 +1,4 @@
-"""A generated demo data set that looks like the real ones (SPEC §5), for tests and the demo.
+"""A generated demo data set that looks like the real ones (docs/method.md §5), for tests and the demo.
 
 Nothing can be downloaded on our machines, so the data-set builders are exercised on small
 look-alikes written here, in the same layouts as the real releases:

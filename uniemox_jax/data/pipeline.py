@@ -10,7 +10,7 @@ Three pipelines share one shape:
     → worker processes (mp_prefetch)    → `BatchIterator`: global arrays on the mesh
 
 Pixels leave the pipeline as uint8 and are normalised on the device (ImageNet statistics for
-the student, CLIP's for the teacher: SPEC §3 #3), which keeps host→device traffic 4× smaller
+the student, CLIP's for the teacher: docs/method.md §3 #3), which keeps host→device traffic 4× smaller
 and the host free of float work.
 
 Everything is deterministic given the seed: element `k` of the shuffled stream always gets the
@@ -37,7 +37,7 @@ from uniemox_jax.data import transforms
 
 PERSON_VIEWS = ("detector_crop", "second_view")
 # The released code's second view starts from the image squashed to YOLO's input size
-# (bilinear, aspect not kept) before the same RandomResizedCrop (SPEC §3 #2).
+# (bilinear, aspect not kept) before the same RandomResizedCrop (docs/method.md §3 #2).
 RELEASED_SECOND_VIEW_SIZE = 416
 CAPTION_FIELDS = ("caption", "caption_no_emotion")
 
@@ -60,7 +60,7 @@ def _worker_init(worker_index: int, worker_count: int):
 
 @dataclasses.dataclass
 class PretrainTransform:
-  """Two views and the caption's token ids of one EmoSet record (SPEC §1, §3 #2).
+  """Two views and the caption's token ids of one EmoSet record (docs/method.md §1, §3 #2).
 
   Output: `scene`, `person` uint8 `[S, S, 3]`; `caption_ids` int32 `[T]`;
   `caption_truncated` bool; `index` int64 (record index in the source, for caches);
@@ -133,7 +133,7 @@ def person_region(record: Mapping[str, Any], width: int, height: int):
 
 @dataclasses.dataclass
 class FinetuneTransform:
-  """Fine-tuning augmentation (SPEC §4): RRC(0.08–1) + flip + RandAugment + random erasing.
+  """Fine-tuning augmentation (docs/method.md §4): RRC(0.08–1) + flip + RandAugment + random erasing.
 
   Mixup/CutMix and label smoothing run on the device (`data/mixup.py`).
   """

@@ -5,7 +5,7 @@ take every random draw from the generator they are given (no global RNG): the sa
 the same output. Images travel as `PIL.Image` in mode RGB until :func:`to_array` turns them into
 `uint8 [H, W, 3]`; normalisation by the ImageNet mean/std happens on the device.
 
-The recipes (SPEC §4) and what builds them:
+The recipes (docs/method.md §4) and what builds them:
 
   pre-training  decode → random_resized_crop(224, scale=(0.2, 1)) → random_hflip → to_array
   fine-tuning   decode → random_resized_crop(224, scale=(0.08, 1)) → random_hflip

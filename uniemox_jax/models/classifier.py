@@ -1,4 +1,4 @@
-"""Fine-tuning classifier (SPEC §1): encoder → mean of patch tokens → LayerNorm → Linear.
+"""Fine-tuning classifier (docs/method.md §1): encoder → mean of patch tokens → LayerNorm → Linear.
 
 As in MAE/UniEmoX fine-tuning with global pooling: the encoder's final norm is not used
 (`fc_norm` after pooling replaces it), the position embedding is learned (initialised with

@@ -1,4 +1,4 @@
-"""Fusion of the scene token α and the person token β into γ (SPEC §2).
+"""Fusion of the scene token α and the person token β into γ (docs/method.md §2).
 
 Every module maps `(alpha [B, C], beta [B, C]) -> gamma [B, C]`. Pick one by name through
 `FUSIONS` (an explicit registry: a typo fails at config validation, not hours into a run).

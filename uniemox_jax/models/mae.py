@@ -1,4 +1,4 @@
-"""Masked autoencoder (He et al.) as used by UniEmoX (SPEC §2).
+"""Masked autoencoder (He et al.) as used by UniEmoX (docs/method.md §2).
 
 Parameter tree (flax names):
   encoder/{patch_embed, cls_token, blocks_i/{norm1, attn/{qkv, proj}, norm2, mlp/{fc1, fc2}}, norm}
@@ -24,7 +24,7 @@ class Decoder(nn.Module):
   """MAE decoder: mask tokens + fixed position embedding + blocks → per-patch pixels.
 
   `output='patches'` is standard MAE. `output='cls_broadcast'` reproduces the released UniEmoX
-  code, which keeps only the CLS prediction and broadcasts it onto every patch (SPEC §3 #1).
+  code, which keeps only the CLS prediction and broadcasts it onto every patch (docs/method.md §3 #1).
   """
   width: int
   depth: int
@@ -68,7 +68,7 @@ class MaskedAutoencoder(nn.Module):
   Attributes:
     variant: a name from `vit.VARIANTS` (`'mu'`, `'Ti/16'`, `'S/16'`, `'B/16'`, `'L/16'`,
       `'H/14'`); the fields below override its sizes when set.
-    decoder_output: `'patches'` (default) or `'cls_broadcast'` (released code, SPEC §3 #1).
+    decoder_output: `'patches'` (default) or `'cls_broadcast'` (released code, docs/method.md §3 #1).
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
     remat: rematerialise transformer blocks.
   """

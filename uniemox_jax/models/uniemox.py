@@ -1,4 +1,4 @@
-"""The UniEmoX pre-training model (SPEC §1): one shared MAE over a scene and a person view.
+"""The UniEmoX pre-training model (docs/method.md §1): one shared MAE over a scene and a person view.
 
 Parameter tree: `mae/...` (see `mae.py`), `fusion/...`, and `teacher_proj` when the teacher's
 embedding width differs from the decoder width (512 for CLIP ViT-B/16: no projection).
@@ -21,7 +21,7 @@ class UniEmoX(nn.Module):
 
   Attributes:
     variant, image_size, patch_size, decoder_*: the MAE (see `mae.MaskedAutoencoder`).
-    decoder_output: `'patches'` or `'cls_broadcast'` (SPEC §3 #1).
+    decoder_output: `'patches'` or `'cls_broadcast'` (docs/method.md §3 #1).
     fusion: a name in `fusion.FUSIONS`; `'none'` uses the scene token alone and skips the
       person view.
     fusion_heads: heads of the multi-head fusion variants (released default 3).

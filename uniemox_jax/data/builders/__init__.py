@@ -1,4 +1,4 @@
-"""TFDS builders for EmoSet-118K and the six fine-tuning benchmarks (SPEC §5).
+"""TFDS builders for EmoSet-118K and the six fine-tuning benchmarks (docs/method.md §5).
 
 Importing this package registers ``emoset`` and ``emotion_folder`` (configs ``emo8``, ``fi``,
 ``emotion6``, ``unbiasedemo``, ``caer_s``, ``heco``) with TFDS. Data is prepared once from a

@@ -1,6 +1,6 @@
 """EmoSet-118K as a TFDS builder (``emoset``), from the official release in a manual directory.
 
-Two index layouts are read and told apart automatically (SPEC §3 #6):
+Two index layouts are read and told apart automatically (docs/method.md §3 #6):
 
 * official: ``info.json`` nested (``info['emotion']['label2idx']``), rows
   ``[emotion, image_id, image_path, annotation_path]``;
@@ -8,7 +8,7 @@ Two index layouts are read and told apart automatically (SPEC §3 #6):
   ``label2idx``, rows ``[emotion, image_path, annotation_path]``; the image id is the image
   file's stem.
 
-Both give the same examples. Captions follow SPEC §2 (``captions.build_caption``) and keep
+Both give the same examples. Captions follow docs/method.md §2 (``captions.build_caption``) and keep
 multi-word object names whole. Person boxes come from a :class:`PersonBoxes` provider.
 """
 from __future__ import annotations
@@ -105,13 +105,15 @@ class Emoset(base.CheckedImageBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=('EmoSet-118K (Yang et al., ICCV 2023): images labelled with 8 Mikels '
-                     'emotions and attributes, with SPEC captions and person boxes.'),
+                     'emotions and attributes, with captions built from the attributes '
+                     '(docs/method.md §2) and person boxes.'),
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
             'label': tfds.features.ClassLabel(names=list(EMOSET_CLASSES)),
             'emotion': text(doc='emotion name, = label names[label]'),
             'image_id': text(doc='EmoSet image id, e.g. amusement_12865'),
-            'caption': text(doc='SPEC caption, ending with the emotion sentence'),
+            'caption': text(doc='caption built from the attributes (docs/method.md §2), '
+                            'ending with the emotion sentence'),
             'caption_no_emotion': text(doc='the caption without the emotion sentence'),
             'scene': text(doc="'' when absent"),
             'facial_expression': text(doc="'' when absent"),

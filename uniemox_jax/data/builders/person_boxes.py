@@ -1,4 +1,5 @@
-"""Person boxes for EmoSet's person view (SPEC §2 "Person boxes"), computed once at prepare time.
+"""Person boxes for EmoSet's person view (docs/method.md §2 "Person boxes"), computed once
+at prepare time.
 
 The paper keeps YOLOv3's most confident ``person`` box with confidence >= 0.8 and uses the
 whole image when there is none. Preparation asks a :class:`PersonBoxes` provider for each
