@@ -207,23 +207,12 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """x: [..., W] -> [..., W]."""
-    fc1_std = (2 * self.width) ** -0.5
-    fc2_std = self.width**-0.5 * (2 * self.num_layers) ** -0.5
-    x = nn.Dense(
-      self.mlp_dim,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(fc1_std),
-      name='fc1',
-    )(x)
+    dense = lambda features, std, name: nn.Dense(
+      features, dtype=self.dtype, param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(std), name=name)
+    x = dense(self.mlp_dim, (2 * self.width) ** -0.5, 'fc1')(x)
     x = _activation(self.hidden_act)(x)
-    return nn.Dense(
-      self.width,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.normal(fc2_std),
-      name='fc2',
-    )(x)
+    return dense(self.width, self.width**-0.5 * (2 * self.num_layers) ** -0.5, 'fc2')(x)
 
 
 class Block(nn.Module):
@@ -268,12 +257,27 @@ def resize_pos_embedding(pos: Array, old_grid: int, new_grid: tuple[int, int]) -
   return jnp.concatenate([pos[:1].astype(jnp.float32), patch_pos.reshape(-1, width)], axis=0)
 
 
-class VisionTower(nn.Module):
-  """CLIP ViT: patch conv (no bias), class token, learned positions, pre-LN, blocks,
-  post-LN on the class token, projection (no bias)."""
+class _Tower(nn.Module):
+  """What both towers share: the sizes, the compute dtype and the stack of blocks."""
 
   spec: ClipSpec
   dtype: Any = jnp.float32
+
+  def blocks(self, x: Array, tower: str, causal: bool = False) -> Array:
+    """`x` through the `{tower}_layers` pre-LN blocks `block_i` of `tower`'s sizes."""
+    s = self.spec
+    width, heads, mlp_dim, layers = (getattr(s, f'{tower}_{k}')
+                                     for k in ('width', 'heads', 'mlp_dim', 'layers'))
+    for i in range(layers):
+      x = Block(width, heads, mlp_dim, layers, s.layer_norm_eps, s.hidden_act, self.dtype,
+                name=f'block_{i}')(x, causal)
+    return x
+
+
+class VisionTower(_Tower):
+  """CLIP ViT: patch conv (no bias), class token, learned positions, pre-LN, blocks,
+  post-LN on the class token, projection (no bias)."""
+
   resize_pos_embed: bool = True
 
   @nn.compact
@@ -330,17 +334,7 @@ class VisionTower(nn.Module):
     cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, s.vision_width))
     x = jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype)
     x = LayerNorm(s.layer_norm_eps, self.dtype, name='ln_pre')(x)
-    for i in range(s.vision_layers):
-      x = Block(
-        s.vision_width,
-        s.vision_heads,
-        s.vision_mlp_dim,
-        s.vision_layers,
-        s.layer_norm_eps,
-        s.hidden_act,
-        self.dtype,
-        name=f'block_{i}',
-      )(x)
+    x = self.blocks(x, 'vision')
     pooled = LayerNorm(s.layer_norm_eps, self.dtype, name='ln_post')(x[:, 0])
     features = _projection(s.projection_dim, s.vision_width, self.dtype)(pooled)
     return features, {'encoded': x, 'pooled': pooled}
@@ -352,12 +346,9 @@ def _projection(dim: int, width: int, dtype) -> nn.Dense:
                   kernel_init=nn.initializers.normal(width**-0.5), name='projection')
 
 
-class TextTower(nn.Module):
+class TextTower(_Tower):
   """CLIP text transformer: token + position embeddings, causal blocks, final LN, pooled at
   the first `eos_token_id` of each row (argmax of the ids for legacy eos id 2), projection."""
-
-  spec: ClipSpec
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, input_ids: Array) -> tuple[Array, dict[str, Array]]:
@@ -387,17 +378,7 @@ class TextTower(nn.Module):
       'pos_embedding', nn.initializers.normal(0.01), (s.context_length, s.text_width), jnp.float32
     )
     x = tokens + pos[:length].astype(self.dtype)
-    for i in range(s.text_layers):
-      x = Block(
-        s.text_width,
-        s.text_heads,
-        s.text_mlp_dim,
-        s.text_layers,
-        s.layer_norm_eps,
-        s.hidden_act,
-        self.dtype,
-        name=f'block_{i}',
-      )(x, causal=True)
+    x = self.blocks(x, 'text', causal=True)
     x = LayerNorm(s.layer_norm_eps, self.dtype, name='ln_final')(x)
     if s.eos_token_id == LEGACY_EOS_TOKEN_ID:
       eos_index = jnp.argmax(input_ids, axis=-1)

@@ -47,10 +47,21 @@ class EasyFusion(nn.Module):
     return nn.elu(y.astype(jnp.float32))
 
 
-class WeightedSumFusion(nn.Module):
-  """γ = LN(Σ_h a_h⊙α + b_h⊙β) + bias, a_h, b_h ~ N(0, 1) (`multihead_weighted_fusion`)."""
+class _MultiHead(nn.Module):
+  """The released multi-head variants' shared fields."""
   heads: int = 3
   dtype: Any = jnp.float32
+
+  def head_scores(self, h: int, width: int, alpha: jax.Array, beta: jax.Array):
+    """Head `h`'s scores of α and β: `[B, width]` each, float32 (layers `score_{a,b}_h`)."""
+    c = alpha.shape[-1]
+    score_a = _torch_dense(width, c, f"score_a_{h}", self.dtype)(alpha).astype(jnp.float32)
+    score_b = _torch_dense(width, c, f"score_b_{h}", self.dtype)(beta).astype(jnp.float32)
+    return score_a, score_b
+
+
+class WeightedSumFusion(_MultiHead):
+  """γ = LN(Σ_h a_h⊙α + b_h⊙β) + bias, a_h, b_h ~ N(0, 1) (`multihead_weighted_fusion`)."""
 
   @nn.compact
   def __call__(self, alpha: jax.Array, beta: jax.Array) -> jax.Array:
@@ -62,7 +73,7 @@ class WeightedSumFusion(nn.Module):
     return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="norm")(fused) + bias
 
 
-class DualAttentionFusion(nn.Module):
+class DualAttentionFusion(_MultiHead):
   """Per-head scalar scores with a swish (`dual_layer_attention_fusion`), as released.
 
   The released code takes the softmax of each head's `[B, 1]` score over its size-1 axis,
@@ -70,8 +81,6 @@ class DualAttentionFusion(nn.Module):
   (the score layers exist, and receive zero gradient) so that released checkpoints load and
   behave identically.
   """
-  heads: int = 3
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, alpha: jax.Array, beta: jax.Array) -> jax.Array:
@@ -79,25 +88,21 @@ class DualAttentionFusion(nn.Module):
     bias = self.param("bias", nn.initializers.constant(1e-5), (c,))
     fused = jnp.zeros_like(alpha)
     for h in range(self.heads):
-      score_a = _torch_dense(1, c, f"score_a_{h}", self.dtype)(alpha).astype(jnp.float32)
-      score_b = _torch_dense(1, c, f"score_b_{h}", self.dtype)(beta).astype(jnp.float32)
+      score_a, score_b = self.head_scores(h, 1, alpha, beta)
       fused = fused + jax.nn.softmax(score_a, axis=-1) * alpha
       fused = fused + jax.nn.softmax(score_b, axis=-1) * beta
     return nn.swish(fused) + bias
 
 
-class MlpGluFusion(nn.Module):
+class MlpGluFusion(_MultiHead):
   """Per-head feature-wise softmax weights, concat → MLP → GLU gate (`mlp_attention_glu`)."""
-  heads: int = 3
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, alpha: jax.Array, beta: jax.Array) -> jax.Array:
     c = alpha.shape[-1]
     heads = []
     for h in range(self.heads):
-      score_a = _torch_dense(c, c, f"score_a_{h}", self.dtype)(alpha).astype(jnp.float32)
-      score_b = _torch_dense(c, c, f"score_b_{h}", self.dtype)(beta).astype(jnp.float32)
+      score_a, score_b = self.head_scores(h, c, alpha, beta)
       heads.append(jax.nn.softmax(score_a, -1) * alpha + jax.nn.softmax(score_b, -1) * beta)
     x = jnp.concatenate(heads, axis=-1)
     x = _torch_dense(c, c * self.heads, "mlp_0", self.dtype)(x)

@@ -7,6 +7,7 @@ Parameter tree (flax names):
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -62,8 +63,9 @@ class Decoder(nn.Module):
     return x[:, 1:]
 
 
-class MaskedAutoencoder(nn.Module):
-  """ViT encoder with MAE masking and the MAE decoder.
+class MaeFields(nn.Module):
+  """The fields that size and configure a masked autoencoder (shared by `MaskedAutoencoder`
+  and the UniEmoX model that contains one).
 
   Attributes:
     variant: a name from `vit.VARIANTS` (`'mu'`, `'Ti/16'`, `'S/16'`, `'B/16'`, `'L/16'`,
@@ -96,6 +98,15 @@ class MaskedAutoencoder(nn.Module):
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.spec.patch_size) ** 2
+
+  def mae_fields(self) -> dict[str, Any]:
+    """This module's values of `MaeFields`' fields."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(MaeFields)
+            if f.name not in ("parent", "name")}
+
+
+class MaskedAutoencoder(MaeFields):
+  """ViT encoder with MAE masking and the MAE decoder (fields: see `MaeFields`)."""
 
   @nn.compact
   def __call__(self, images: jax.Array, mask_ratio: float = 0.75,

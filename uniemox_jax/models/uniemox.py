@@ -6,7 +6,6 @@ The frozen CLIP teacher is not part of this module.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,7 +15,7 @@ from uniemox_jax.models import fusion as fusion_lib
 from uniemox_jax.models import mae, vit
 
 
-class UniEmoX(nn.Module):
+class UniEmoX(mae.MaeFields):
   """Masked image modelling on the scene view plus a fused (scene, person) student token.
 
   Attributes:
@@ -29,33 +28,12 @@ class UniEmoX(nn.Module):
       differs from the decoder width.
   """
   variant: str = "L/16"
-  image_size: int = 224
-  patch_size: int | None = None
-  decoder_width: int | None = None
-  decoder_depth: int | None = None
-  decoder_heads: int | None = None
-  decoder_output: str = "patches"
   fusion: str = "easyfusion"
   fusion_heads: int = 3
   teacher_dim: int = 512
-  dtype: Any = jnp.float32
-  remat: bool = False
-  attention_impl: str = "explicit"
 
   def mae_module(self) -> mae.MaskedAutoencoder:
-    return mae.MaskedAutoencoder(
-        variant=self.variant, image_size=self.image_size, patch_size=self.patch_size,
-        decoder_width=self.decoder_width, decoder_depth=self.decoder_depth,
-        decoder_heads=self.decoder_heads, decoder_output=self.decoder_output, dtype=self.dtype,
-        remat=self.remat, attention_impl=self.attention_impl, name="mae")
-
-  @property
-  def spec(self) -> vit.Variant:
-    """The resolved sizes (variant defaults with this module's overrides)."""
-    return mae.MaskedAutoencoder(
-        variant=self.variant, image_size=self.image_size, patch_size=self.patch_size,
-        decoder_width=self.decoder_width, decoder_depth=self.decoder_depth,
-        decoder_heads=self.decoder_heads, parent=None).spec
+    return mae.MaskedAutoencoder(**self.mae_fields(), name="mae")
 
   @property
   def patch_size_(self) -> int:

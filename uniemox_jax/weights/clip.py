@@ -124,6 +124,13 @@ def spec_to_hf_config(spec: ClipSpec) -> dict[str, Any]:
     initializer_factor=1.0,
     projection_dim=spec.projection_dim,
   )
+
+  def tower(name):
+    return dict(common, hidden_size=getattr(spec, f'{name}_width'),
+                intermediate_size=getattr(spec, f'{name}_mlp_dim'),
+                num_hidden_layers=getattr(spec, f'{name}_layers'),
+                num_attention_heads=getattr(spec, f'{name}_heads'))
+
   return {
     'architectures': ['CLIPModel'],
     'model_type': 'clip',
@@ -131,29 +138,12 @@ def spec_to_hf_config(spec: ClipSpec) -> dict[str, Any]:
     'logit_scale_init_value': spec.logit_scale_init,
     'initializer_factor': 1.0,
     'text_config': dict(
-      model_type='clip_text_model',
-      vocab_size=spec.vocab_size,
-      hidden_size=spec.text_width,
-      intermediate_size=spec.text_mlp_dim,
-      num_hidden_layers=spec.text_layers,
-      num_attention_heads=spec.text_heads,
-      max_position_embeddings=spec.context_length,
-      bos_token_id=spec.bos_token_id,
-      eos_token_id=spec.eos_token_id,
-      pad_token_id=spec.pad_token_id,
-      **common,
-    ),
+      model_type='clip_text_model', **tower('text'), vocab_size=spec.vocab_size,
+      max_position_embeddings=spec.context_length, bos_token_id=spec.bos_token_id,
+      eos_token_id=spec.eos_token_id, pad_token_id=spec.pad_token_id),
     'vision_config': dict(
-      model_type='clip_vision_model',
-      hidden_size=spec.vision_width,
-      intermediate_size=spec.vision_mlp_dim,
-      num_hidden_layers=spec.vision_layers,
-      num_attention_heads=spec.vision_heads,
-      num_channels=3,
-      image_size=spec.image_size,
-      patch_size=spec.patch_size,
-      **common,
-    ),
+      model_type='clip_vision_model', **tower('vision'), num_channels=3,
+      image_size=spec.image_size, patch_size=spec.patch_size),
   }
 
 
