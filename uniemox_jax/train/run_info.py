@@ -18,6 +18,9 @@ from typing import Mapping, Sequence
 
 import jax
 
+from uniemox_jax.data.classes import SPLITS
+from uniemox_jax.data.splits import manifest_hash
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
             "tensorflow-datasets", "transformers", "numpy", "pillow", "ml_collections")
 
@@ -36,6 +39,10 @@ def data_manifest(name: str, splits: Mapping[str, Sequence]) -> dict:
   """Per split: size and a SHA-256 over the example ids in source order (or, when the source
   exposes no ids, over its length and the prepared files' TFDS metadata)."""
   out = {"dataset": name, "splits": {}}
+  ids = {split: getattr(source, "example_ids", None) for split, source in splits.items()}
+  if all(ids.get(s) is not None for s in SPLITS):
+    # The same hash as `tools.split`'s manifest of these splits (when nothing was left out).
+    out["split_manifest_sha256"] = manifest_hash({s: ids[s] for s in SPLITS})
   for split, source in splits.items():
     ids = getattr(source, "example_ids", None)
     digest = hashlib.sha256()

@@ -11,6 +11,11 @@ large data sets are checked in a process pool. The pool uses ``spawn`` (``fork``
 next to JAX's threads), so, as always with ``spawn``, a script that prepares data must keep
 its top-level work under ``if __name__ == '__main__':`` (absl apps and the prepare tool do);
 if the pool cannot start, checking goes on in one process with a warning.
+
+Images that are not RGB JPEGs are stored re-encoded as RGB JPEGs (:func:`to_rgb`).
+High-bit-depth images (16-bit grayscale PNG/TIFF/PGM, 32-bit integer and float TIFF) are
+*scaled* to 8 bits by their bit depth, not clipped: PIL's own ``convert('RGB')`` clips every
+value above 255, which turns a 16-bit photograph almost white.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from absl import logging
+import numpy as np
 from PIL import Image
 
 # JPEG quality for files that are not RGB JPEGs and are therefore re-encoded for storage.
@@ -61,7 +67,8 @@ class BadImage:
   Attributes:
     split: the split the file belongs to.
     path: the file's path as found on disk (absolute).
-    reason: what is wrong ('zero-byte file', 'missing file', the decoder's error, ...).
+    reason: what is wrong ('zero-byte file', 'missing file', 'truncated JPEG file (...)',
+      'not an image (PIL cannot identify it) ...', see :func:`describe_error`).
     row: the index row that referenced the file (EmoSet), or None.
   """
   split: str
@@ -88,6 +95,74 @@ class BadImagesError(ValueError):
         f'the list is then written to {report_path}.')
 
 
+# Leading bytes of the formats a data set of web images holds, to tell a damaged image from
+# a file that never was one when PIL cannot identify it.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG\r\n\x1a\n', 'PNG'), (b'GIF87a', 'GIF'),
+    (b'GIF89a', 'GIF'), (b'BM', 'BMP'), (b'II*\x00', 'TIFF'), (b'MM\x00*', 'TIFF'),
+)
+
+
+def _sniff_format(head: bytes) -> str | None:
+  """The image format a file's first bytes announce, or None."""
+  for magic, fmt in _SIGNATURES:
+    if head.startswith(magic):
+      return fmt
+  if head[:4] == b'RIFF' and head[8:12] == b'WEBP':
+    return 'WEBP'
+  return None
+
+
+def _sniff_content(head: bytes) -> str:
+  """What a file that is not an image holds, from its first bytes ('' when unclear)."""
+  text = head.lstrip().lower()
+  if text.startswith((b'<!doctype html', b'<html', b'<?xml', b'<head', b'<body')):
+    return 'an HTML/XML page'
+  if text.startswith((b'{', b'[')):
+    return 'JSON or other text'
+  printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+  if head and printable / len(head) > 0.95:
+    return 'text'
+  if head and not head.strip(b'\x00'):
+    return 'only zero bytes'
+  return ''
+
+
+def describe_error(error: Exception, path: str, fmt: str | None = None,
+                   head: bytes = b'') -> str:
+  """A short reason, for people, for a file PIL failed to open or decode.
+
+  Args:
+    error: what PIL raised.
+    path: the file (removed from PIL's messages, which the report already names).
+    fmt: the format PIL identified before decoding failed (None when it did not).
+    head: the file's first bytes, to say what an unidentifiable file is.
+  """
+  msg = str(error)
+  for p in (repr(os.fspath(path)), os.fspath(path)):   # the quoted form first
+    msg = msg.replace(p, '')
+  msg = ' '.join(msg.split())
+  if isinstance(error, Image.DecompressionBombError):
+    return (f'too large to decode safely ({msg.split(",")[0].lower()}; raise '
+            'PIL.Image.MAX_IMAGE_PIXELS to accept it)')
+  fmt = fmt or _sniff_format(head)
+  kind = f'{fmt} ' if fmt else ''
+  if isinstance(error, Image.UnidentifiedImageError) or 'cannot identify' in msg:
+    if fmt:
+      return f'damaged {fmt} header (PIL cannot identify it)'
+    what = _sniff_content(head)
+    return 'not an image (PIL cannot identify it' + (f'; the file holds {what})' if what
+                                                      else ')')
+  low = msg.lower()
+  if 'truncated' in low:
+    return f'truncated {kind}file (the image data ends early)'
+  if 'broken data stream' in low:
+    return f'corrupt {kind}data (broken data stream)'
+  if 'decoder' in low or 'decoding' in low:
+    return f'corrupt {kind}data (cannot decode: {msg})'
+  return f'cannot decode {kind}file ({type(error).__name__}: {msg})'
+
+
 def check_image(path: str) -> ImageCheck:
   """Opens and fully decodes one file (draft mode for JPEGs); never raises."""
   try:
@@ -97,6 +172,7 @@ def check_image(path: str) -> ImageCheck:
     return ImageCheck(False, reason='missing file')
   except OSError as e:
     return ImageCheck(False, reason=f'cannot stat: {e}')
+  fmt = None
   try:
     with Image.open(path) as im:
       width, height = im.size
@@ -108,7 +184,12 @@ def check_image(path: str) -> ImageCheck:
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises UnidentifiedImageError, OSError ("image file is truncated"), SyntaxError,
     # ValueError, DecompressionBombError, ... depending on the format: all mean "bad file".
-    return ImageCheck(False, reason=f'{type(e).__name__}: {e}'.replace(repr(path), 'file'))
+    try:
+      with open(path, 'rb') as f:
+        head = f.read(64)
+    except OSError:
+      head = b''
+    return ImageCheck(False, reason=describe_error(e, path, fmt, head))
   if width <= 0 or height <= 0:
     return ImageCheck(False, reason=f'empty image ({width}x{height})')
   return ImageCheck(True, width, height,
@@ -165,6 +246,59 @@ def scan_images(paths: Sequence[str], *, num_workers: int = 1,
   return results
 
 
+# Modes that hold more than 8 bits per sample; PIL's convert('RGB') clips them at 255.
+_HIGH_DEPTH_MODES = ('I', 'F', 'I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def bit_depth_max(im: Image.Image, values: np.ndarray) -> float:
+  """The sample value that means full white in a high-bit-depth image.
+
+  The file's own declaration when it has one: ``2**16 - 1`` for 16-bit modes and for PNG
+  and PGM (PNG scales every sample to the full range of its bit depth; PIL rescales a PGM's
+  ``maxval`` to 16 bits), ``2**BitsPerSample - 1`` for TIFF (12-bit scanners write 16-bit
+  containers). Otherwise the smallest of 1 (floats in [0, 1]), ``2**8 - 1`` and
+  ``2**16 - 1`` that holds the largest value, else the largest value itself.
+
+  Args:
+    im: the opened image (its mode, format and TIFF tags are read).
+    values: its samples as a float array.
+  """
+  if im.format == 'TIFF':
+    bits = getattr(im, 'tag_v2', {}).get(258)   # BitsPerSample
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    if im.mode != 'F' and isinstance(bits, int) and 8 < bits <= 16:
+      return float(2 ** bits - 1)
+  if im.mode.startswith('I;16') or (im.format in ('PNG', 'PPM') and im.mode == 'I'):
+    return float(2 ** 16 - 1)
+  top = float(values.max()) if values.size else 0.0
+  candidates = ((1.0,) if im.mode == 'F' else ()) + (255.0, 65535.0)
+  return next((c for c in candidates if top <= c), top)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+  """An 8-bit RGB copy of ``im``, high bit depths scaled by :func:`bit_depth_max`.
+
+  Palette, grayscale, CMYK and alpha modes convert as PIL's ``convert('RGB')`` does (what
+  torchvision's loader does, so the pixels match theirs; alpha is dropped). 16-bit RGB(A)
+  PNGs arrive here as 8-bit RGB(A) already (PIL keeps the high byte of each sample, which is
+  the scaling). Single-channel modes with more than 8 bits (``I;16*``, ``I``, ``F``) are
+  scaled linearly so that their full-white value maps to 255; negative and non-finite
+  values become 0. A float image whose values exceed 65535 is stretched from its minimum to
+  its maximum (it has no bit depth to go by).
+  """
+  if im.mode not in _HIGH_DEPTH_MODES:
+    return im.convert('RGB')
+  values = np.asarray(im, dtype=np.float64)
+  values = np.where(np.isfinite(values), values, 0.0)
+  white = bit_depth_max(im, values)
+  low = 0.0
+  if im.mode == 'F' and white > 65535.0:
+    low = float(values.min())
+  scaled = (values - low) * (255.0 / max(white - low, 1e-12))
+  gray = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))
+  return gray.convert('RGB')
+
+
 def stored_bytes(path: str, check: ImageCheck) -> bytes:
   """The bytes to store: the file itself when it is an RGB JPEG, else an RGB JPEG of it."""
   with open(path, 'rb') as f:
@@ -172,7 +306,7 @@ def stored_bytes(path: str, check: ImageCheck) -> bytes:
   if not check.reencode:
     return data
   with Image.open(io.BytesIO(data)) as im:
-    rgb = im.convert('RGB')   # what torchvision's loader does, so the pixels match theirs
+    rgb = to_rgb(im)
   buf = io.BytesIO()
   rgb.save(buf, format='JPEG', quality=REENCODE_QUALITY)
   return buf.getvalue()
