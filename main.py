@@ -4,6 +4,11 @@ r"""UniEmoX in JAX: pre-training, fine-tuning, linear probing and evaluation.
 
 The config file's docstring gives its arguments and the exact launch command; the README
 gives the recipes. Running the same command again after a stop continues the run.
+
+A mistake in the flags, the config, a path, the starting point or the data ends at once with
+one `error: ...` line that names it (no traceback). Exit codes (`uniemox_jax.errors`):
+0 finished, 1 a bug (traceback), 2 a user error, 3 stopped on a non-finite loss or norm,
+75 pre-empted (checkpoint saved: run the same command again).
 """
 import os
 
@@ -11,6 +16,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from uniemox_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pretrain.py:demo. Keys can be overridden with "
@@ -22,22 +29,23 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def main(argv) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f"unexpected arguments {argv[1:]}: main.py takes flags only "
+                         "(--config=FILE[:args], --workdir=DIR, --config.key=value)")
   from uniemox_jax import train  # noqa: PLC0415 - after flag parsing
   train.initialize_distributed(_DISTRIBUTED.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   logging.get_absl_handler().use_absl_log_file("log", _WORKDIR.value)
   logging.set_stderrthreshold("info")
-  try:
-    result = train.run(_CONFIG.value, _WORKDIR.value)
-  except train.UserError as e:  # a wrong config or missing data: the message says it all
-    raise SystemExit(f"error: {e}") from None
+  # User errors (train.UserError) and a non-finite stop end in errors.run_cli with one line.
+  result = train.run(_CONFIG.value, _WORKDIR.value)
   if result.get("status") == "preempted":
     logging.warning("pre-empted: checkpoint saved in %s; run the same command to resume",
                     _WORKDIR.value)
+    return errors.EXIT_PREEMPTED
+  return errors.EXIT_OK
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_cli(main, config_flag="config")

@@ -2,9 +2,12 @@
 
 Config arguments come after a colon, comma-separated: `configs/pretrain.py:variant=B/16,demo`.
 A bare word is a flag set to True (`demo`); `key=value` values are parsed as int, float,
-bool or string.
+bool or string. A wrong argument raises `ConfigArgumentError` naming it, what was expected
+and the closest known names (main.py prints it as one `error: ...` line).
 """
 from __future__ import annotations
+
+import difflib
 
 import ml_collections
 from ml_collections import config_dict
@@ -13,8 +16,29 @@ from ml_collections import config_dict
 DEMO_DIR = "demo_out"
 
 
+class ConfigArgumentError(KeyError, ValueError):
+  """A config argument (after the colon) that is unknown or malformed.
+
+  A KeyError for an unknown name and a ValueError for a value that does not parse (both
+  bases, so callers may catch either); the message is plain text (no KeyError quoting).
+  """
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(word: str, known) -> str:
+  """`" (did you mean 'demo'?)"` for the closest of `known` to `word`, or `""`."""
+  close = difflib.get_close_matches(str(word), [str(k) for k in known], n=2, cutoff=0.6)
+  return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """`'variant=L/16,demo,mask_ratio=0.9'` → ConfigDict; unknown keys raise with the key named."""
+  """`'variant=L/16,demo,mask_ratio=0.9'` → ConfigDict.
+
+  Raises `ConfigArgumentError` for an unknown key (with the closest known ones) or a value of
+  the wrong type (with the expected type and the default).
+  """
   out = dict(defaults)
   for part in (arg or "").split(","):
     part = part.strip()
@@ -23,11 +47,19 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key, eq, value = part.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise KeyError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+      raise ConfigArgumentError(f"unknown config argument {key!r}{did_you_mean(key, defaults)}; "
+                                f"known: {', '.join(sorted(defaults))}")
     if not eq:
+      if not isinstance(defaults[key], bool):
+        raise ConfigArgumentError(f"config argument {key!r} needs a value: {key}=... "
+                                  f"(default {defaults[key]!r})")
       out[key] = True
       continue
-    out[key] = _parse_value(value.strip(), defaults[key])
+    try:
+      out[key] = _parse_value(value.strip(), defaults[key])
+    except ValueError as e:
+      raise ConfigArgumentError(f"config argument {key}={value.strip()!r}: {e} "
+                                f"(default {defaults[key]!r})") from None
   return ml_collections.ConfigDict(out)
 
 
@@ -37,10 +69,14 @@ def _parse_value(value: str, default):
       return True
     if value.lower() in ("0", "false", "no"):
       return False
-    raise ValueError(f"expected a boolean, got {value!r}")
+    raise ValueError(f"expected a boolean (true/false), got {value!r}")
   for kind in (int, float):
     if isinstance(default, kind) and not isinstance(default, bool):
-      return kind(value)
+      try:
+        return kind(value)
+      except ValueError:
+        raise ValueError(f"expected {'an int' if kind is int else 'a float'}, "
+                         f"got {value!r}") from None
   for kind in (int, float):
     try:
       return kind(value)
@@ -103,6 +139,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 5
   config.total_steps = 0           # > 0 overrides total_epochs (smoke tests, benchmarks)
   config.init = ""                 # weights to start from (see README: "Starting points")
+  # config.init must provide the encoder the task needs: a load that leaves most of the
+  # encoder newly initialised stops the run, unless this is True (you accept it knowingly;
+  # the load report is printed either way).
+  config.init_allow_partial = False
   config.resume = ""               # another run's workdir or checkpoint to continue from
   config.mesh = mesh_config()
   config.checkpoint = checkpoint_config()

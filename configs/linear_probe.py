@@ -37,7 +37,10 @@ def get_config(arg=None):
   args = common.parse_arg(rest, variant="L/16", pool="mean", demo=False)
   dataset = dataset or "emo8"
   if dataset not in NUM_CLASSES:
-    raise KeyError(f"unknown dataset {dataset!r}; choose one of {sorted(NUM_CLASSES)}")
+    raise common.ConfigArgumentError(
+        f"unknown linear-probe dataset {dataset!r}"
+        f"{common.did_you_mean(dataset, [*NUM_CLASSES, 'demo'])}; choose one of "
+        f"{', '.join(sorted(NUM_CLASSES))} (or 'demo'), e.g. configs/linear_probe.py:emo8")
 
   config = common.base_config()
   config.task = "linear_probe"

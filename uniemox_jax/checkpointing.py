@@ -13,13 +13,16 @@ best never evicts the latest.
 Saves are asynchronous; `wait()` before exiting. Restores always go through an abstract
 target carrying the *current* shardings, so a checkpoint written on 8 devices restores on 1
 (or on CPU) and vice versa. A latest checkpoint that cannot be read (truncated, corrupted)
-is reported and the previous one is used instead.
+is reported in one notice, set aside as `<step>.unreadable`, and the previous one is used
+instead (see `_quiet_abandoned_reads` for the asyncio noise this keeps away).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -28,7 +31,17 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
 
+from uniemox_jax import errors
+
 ITEMS = ("state", "data", "meta")
+
+
+class NonFiniteCheckpointError(errors.UserError, ValueError):
+  """A checkpoint whose state holds NaN or Inf (it cannot be resumed)."""
+
+
+class NoReadableCheckpointError(errors.UserError, RuntimeError):
+  """A checkpoint directory with checkpoints, none of which could be read."""
 
 
 @dataclasses.dataclass
@@ -82,6 +95,7 @@ class Checkpointer:
     self._read_only = read_only
     self._metrics_path = os.path.join(self.directory, METRICS_FILE)
     self._record: dict[int, dict] = {}
+    self.restore_failures: list[tuple[int, str]] = []  # of the last restore: (step, reason)
     if os.path.exists(self._metrics_path):
       with open(self._metrics_path) as f:
         self._record = {int(k): v for k, v in json.load(f).items()}
@@ -159,19 +173,20 @@ class Checkpointer:
   def metrics(self, step: int) -> dict | None:
     return self._record.get(int(step))
 
-  def _set_aside(self, steps):
-    if jax.process_index() == 0:
-      for path in _set_aside_dirs(self.directory, steps):
-        logging.warning("moved the unreadable checkpoint to %s", path)
+  def _set_aside(self, steps) -> list[str]:
+    moved = _set_aside_dirs(self.directory, steps) if jax.process_index() == 0 else []
     self._manager.reload()
+    return moved
 
   # -------------------------------------------------------------------------- restore
   def restore(self, abstract_state: Any, step: int | None = None,
               fallback: bool = True) -> Restored | None:
     """Restores `step` (default: the latest) onto `abstract_state`'s shapes and shardings.
 
-    With `fallback`, a checkpoint that fails to read is logged and the next older one is
-    tried. Returns None when there is nothing (readable) to restore.
+    With `fallback`, a checkpoint that fails to read is set aside (renamed
+    `<step>.unreadable`, unless `read_only`) and the next older one is tried; the fallback is
+    reported in one notice. Returns None when there is nothing (readable) to restore; the
+    reasons are then in `self.restore_failures` (`[(step, reason)]`).
     """
     steps = self.all_steps()
     if step is not None:
@@ -181,25 +196,32 @@ class Checkpointer:
       candidates = [step] + ([s for s in reversed(steps) if s < step] if fallback else [])
     else:
       candidates = list(reversed(steps))
-    for i, candidate in enumerate(candidates):
+    self.restore_failures = []
+    if candidates:
+      _quiet_abandoned_reads(self.directory)
+    for candidate in candidates:
       try:
         restored = self._manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001 - any read failure means "unusable checkpoint"
-        logging.error("checkpoint %d in %s could not be restored (%s: %s)%s", candidate,
-                      self.directory, type(e).__name__, str(e)[:500],
-                      "; falling back to the previous one" if fallback else "")
         if not fallback:
+          logging.error("checkpoint %d in %s could not be restored (%s)", candidate,
+                        self.directory, short_reason(e))
           raise
+        self.restore_failures.append((candidate, short_reason(e)))
         continue
-      if i:
-        logging.warning("restored checkpoint %d instead of the unreadable %s", candidate,
-                        candidates[:i])
-        if not self._read_only:  # another run's directory (config.resume) is never changed
-          self._set_aside(candidates[:i])
-      _check_finite(restored.state, candidate)
+      if self.restore_failures:
+        bad = [s for s, _ in self.restore_failures]
+        moved = [] if self._read_only else self._set_aside(bad)  # never change another run's
+        logging.warning(
+            "checkpoint %s in %s could not be restored (%s); restored checkpoint %d instead%s",
+            ", ".join(map(str, bad)), self.directory,
+            self.restore_failures[0][1] if len(bad) == 1 else
+            "; ".join(f"{s}: {r}" for s, r in self.restore_failures), candidate,
+            f" and moved the unreadable one(s) to {', '.join(moved)}" if moved else "")
+      _check_finite(restored.state, candidate, self.directory)
       return Restored(candidate, restored.state, restored.data, dict(restored.meta or {}))
     return None
 
@@ -220,12 +242,79 @@ def _set_aside_dirs(directory: str, steps) -> list[str]:
   return moved
 
 
-def _check_finite(state, step):
+def _check_finite(state, step, directory: str = ""):
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     if hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating):
       if not bool(jax.numpy.isfinite(leaf).all()):
-        raise ValueError(f"checkpoint {step}: {jax.tree_util.keystr(path)} has non-finite "
-                         "values")
+        where = os.path.join(directory, str(step)) if directory else f"checkpoint {step}"
+        raise NonFiniteCheckpointError(
+            f"checkpoint {step}: {jax.tree_util.keystr(path)} has non-finite values, so it "
+            f"cannot be resumed; move {where} away (e.g. to {where}.nonfinite) to resume from "
+            "the checkpoint before it")
+
+
+def short_reason(error: BaseException, limit: int = 300) -> str:
+  """`Type: message` of a restore failure on one line, without TensorStore's spec dump (the
+  end of its chain of causes is the specific part, so that is what a cut keeps)."""
+  text = " ".join(str(error).split("[tensorstore_spec", 1)[0].split())
+  if len(text) > limit:
+    text = "..." + text[-(limit - 3):]
+  return f"{type(error).__name__}: {text}"
+
+
+# Checkpoint directories restored from in this process (see `_quiet_abandoned_reads`).
+_RESTORED_DIRS: set[str] = set()
+
+
+def _quiet_abandoned_reads(directory: str) -> None:
+  """Keeps the asyncio noise of a failed Orbax restore off stderr (installed once).
+
+  Orbax runs each restore on a fresh asyncio event loop (`asyncio_utils.run_sync`) and closes
+  that loop as soon as the restore coroutine ends. When one array of a damaged checkpoint
+  fails, the restore ends with that error while the reads of the checkpoint's other arrays
+  are still in flight on that loop. Reports of three kinds follow, one per abandoned array
+  (hundreds for a real model), burying the one-line notice:
+    * as each TensorStore read completes, its callback calls `loop.call_soon_threadsafe` on
+      the closed loop; Python reports the `RuntimeError('Event loop is closed')` through
+      `sys.unraisablehook` (with no object);
+    * the abandoned tasks and futures that failed the same way are garbage-collected with
+      their exception unread, which asyncio logs as "Task/Future exception was never
+      retrieved" (naming the checkpoint's files).
+  They all concern a checkpoint already given up on (its failure is in our notice), so
+  exactly these reports are dropped: the unraisable ones by their message, asyncio's only
+  when they name a checkpoint directory restored from here. Every other unraisable exception
+  and asyncio message still reaches its usual place.
+  """
+  _RESTORED_DIRS.add(os.path.abspath(directory))
+  if not getattr(sys.unraisablehook, "_drops_closed_loop_reports", False):
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      exc = unraisable.exc_value
+      if (unraisable.object is None and isinstance(exc, RuntimeError)
+          and str(exc) == "Event loop is closed"):
+        return
+      previous(unraisable)
+
+    hook._drops_closed_loop_reports = True  # pylint: disable=protected-access
+    sys.unraisablehook = hook
+  asyncio_logger = std_logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReads) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbandonedReads())
+
+
+class _AbandonedReads(std_logging.Filter):
+  """Drops asyncio's reports of reads left behind by a failed restore (see above)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    text = record.getMessage()
+    if not text.startswith(("Task exception was never retrieved",
+                            "Future exception was never retrieved",
+                            "Task was destroyed but it is pending")):
+      return True
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    return not any(d in text for d in _RESTORED_DIRS)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

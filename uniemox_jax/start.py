@@ -25,11 +25,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from uniemox_jax import checkpointing
+from uniemox_jax import checkpointing, errors
 from uniemox_jax.weights import into
+from uniemox_jax.weights.into import StartingPointError  # noqa: F401 - re-exported
+
+README_START = into.README_START
 
 
-class NotACheckpointError(FileNotFoundError):
+class NotACheckpointError(errors.UserError, FileNotFoundError):
   """A path given as one of our checkpoints (config.resume, --checkpoint) is not one."""
 
 
@@ -103,7 +106,8 @@ def read_params(path: str, prefer_best: bool = True) -> tuple[dict, str]:
   reader = ocp.PyTreeCheckpointer()
   tree = reader.metadata(item).item_metadata.tree
   if "params" not in tree:
-    raise ValueError(f"{item} holds no 'params' (keys {sorted(tree)})")
+    raise StartingPointError(f"{item} holds no 'params' (keys {sorted(tree)}): not a "
+                             "training checkpoint of ours")
   sub = {"params": tree["params"]}
   restored = reader.restore(item, args=ocp.args.PyTreeRestore(
       item=jax.tree.map(lambda m: np.zeros((), m.dtype), sub),
@@ -118,6 +122,22 @@ def kind_of(params) -> str:
   return "pretrain" if "mae" in params else "finetune" if "head" in params else "encoder"
 
 
+KIND_NAMES = {"pretrain": "a UniEmoX pre-training checkpoint",
+              "finetune": "a fine-tuned classifier", "encoder": "a bare encoder"}
+
+
+def peek_kind(path: str, prefer_best: bool = True) -> tuple[str, str]:
+  """`(kind_of, description)` of one of our checkpoints from its metadata only (no arrays
+  are read: cheap enough for `validate`)."""
+  directory, step = resolve_step(path, prefer_best)
+  item = os.path.join(directory, str(step), "state")
+  tree = ocp.PyTreeCheckpointer().metadata(item).item_metadata.tree
+  if "params" not in tree:
+    raise StartingPointError(f"{item} holds no 'params' (keys {sorted(tree)}): not a "
+                             "training checkpoint of ours")
+  return kind_of(tree["params"]), f"{directory} step {step}"
+
+
 # --------------------------------------------------------------------------------------
 # Weights (config.init) into a target tree.
 
@@ -129,16 +149,18 @@ def _our_tree(path: str, target: str) -> tuple[dict, str]:
   kind = kind_of(params)
   if target == "pretrain":
     if kind != "pretrain":
-      raise ValueError(f"config.init={path!r} is a {kind} checkpoint; pre-training needs "
-                       "UniEmoX pre-training weights or an MAE checkpoint")
+      raise StartingPointError(
+          f"config.init={path!r} ({desc}) is {KIND_NAMES[kind]}; pre-training needs "
+          f"{into.EXPECTED['pretrain']} ({README_START})")
     return params, desc
   encoder = (params["mae"]["encoder"] if kind == "pretrain" else params["encoder"]
              if kind == "finetune" else params)
   if target == "encoder":
     if kind == "finetune":
-      raise ValueError(f"config.init={path!r} is a fine-tuned classifier (its encoder has no "
-                       "final norm); a linear probe needs pre-trained encoder weights: a "
-                       "UniEmoX pre-training run or an MAE checkpoint")
+      raise StartingPointError(
+          f"config.init={path!r} ({desc}) is a fine-tuned classifier (its encoder has no "
+          "final norm); a linear probe needs pre-trained encoder weights: a UniEmoX "
+          f"pre-training run or an MAE checkpoint ({README_START})")
     return dict(encoder), desc
   out = {"encoder": dict(encoder)}
   for key in ("fc_norm", "head"):
@@ -150,24 +172,43 @@ def _our_tree(path: str, target: str) -> tuple[dict, str]:
 def load_weights_into(path: str, target_params, *, target: str, config, allow_new: bool = True,
                       mesh=None) -> dict:
   """Loads the weights at `path` (ours or another project's) into a copy of `target_params`
-  (arrays or shapes); see `weights.into.merge` for what is loaded and reported."""
+  (arrays or shapes); see `weights.into.merge` for what is loaded and reported.
+
+  The load is checked against the target (`weights.into.check_encoder`): a source that gives
+  no encoder, or leaves most of it newly initialised, raises `StartingPointError` naming the
+  source and what it holds, unless `config.init_allow_partial` accepts the partial load. The
+  load report is logged either way.
+  """
   if target not in into.TARGETS:
     raise ValueError(f"target must be one of {into.TARGETS}")
+  what = f"config.init={path!r}"
   report = None
   if is_our_checkpoint(path):
     source, desc = _our_tree(path, target)
+    holds = f"{desc} ({into.key_groups('/'.join(k) for k in into.flat(source))})"
+    fresh = set()
   else:
-    source, report = into.foreign_tree(path, target, config.model, config.seed)
+    try:
+      source, report = into.foreign_tree(path, target, config.model, config.seed)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+      # What the file holds does not fit the model (wrong variant, not weights, no torch).
+      raise StartingPointError(f"{what}: {e}") from e
     desc = path
-  result = into.merge(source, target_params, target=target, what=f"config.init={path!r}",
-                      variant=config.model.variant, allow_new=allow_new)
+    holds = into.describe_report(report)
+    fresh = into.fresh_paths(source, report, target)
+  result = into.merge(source, target_params, target=target, what=what,
+                      variant=config.model.variant, allow_new=allow_new, fresh=fresh,
+                      holds=holds, return_result=True)
   logging.info("config.init read from %s", desc)
   if report is not None and (report.missing or report.unexpected):
     logging.info("conversion report for %s:\n%s", path, report.summary())
+  into.check_encoder(result, what=what, target=target, holds=holds,
+                     allow_partial=bool(config.init_allow_partial))
+  params = result.params
   if mesh is not None:
     from uniemox_jax import sharding  # pylint: disable=g-import-not-at-top
-    result = jax.device_put(result, sharding.tree_shardings(mesh, result))
-  return result
+    params = jax.device_put(params, sharding.tree_shardings(mesh, params))
+  return params
 
 
 # --------------------------------------------------------------------------------------
@@ -196,9 +237,11 @@ def restore_or_initialize(config, checkpointer: checkpointing.Checkpointer, stat
   if checkpointer.all_steps():
     restored = checkpointer.restore(abstract)
     if restored is None:
-      raise RuntimeError(
+      raise checkpointing.NoReadableCheckpointError(
           f"{checkpointer.directory} has checkpoints {checkpointer.all_steps()} but none could "
-          "be read (see the errors above). Move that directory away to start over.")
+          f"be read ({_failures(checkpointer)}). Move that directory away to start this run "
+          "over (or use another --workdir); config.resume / config.init are only used when "
+          "the workdir has no checkpoints")
     logging.info("resuming from this workdir's checkpoint at step %d", restored.step)
     pending = eval_pending_after_restore(checkpointer, restored.step, restored.meta)
     return Start(restored.state, restored.step, restored.data or None, pending, "workdir")
@@ -209,7 +252,8 @@ def restore_or_initialize(config, checkpointer: checkpointing.Checkpointer, stat
     restored = other.restore(abstract, step=step)
     if restored is None:
       raise NotACheckpointError(f"config.resume={config.resume!r}: no readable checkpoint "
-                                f"in {directory}")
+                                f"in {directory} ({_failures(other) or 'none there'}); "
+                                f"resume takes a run of this task ({README_START})")
     logging.info("resuming from %s, step %d (config.resume)", directory, restored.step)
     return Start(restored.state, restored.step, restored.data or None, False, "resume")
 
@@ -224,3 +268,8 @@ def restore_or_initialize(config, checkpointer: checkpointing.Checkpointer, stat
                   "config.init to follow them (README 'Starting points, checkpoints and "
                   "resume').")
   return Start(state, 0, None, False, "scratch")
+
+
+def _failures(checkpointer: checkpointing.Checkpointer) -> str:
+  """`step 4: ValueError: ...; step 2: ...` for the last failed restore."""
+  return "; ".join(f"step {s}: {r}" for s, r in checkpointer.restore_failures)

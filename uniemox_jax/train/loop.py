@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from uniemox_jax import checkpointing, metrics as metrics_lib, sharding
+from uniemox_jax import checkpointing, errors, metrics as metrics_lib, sharding
 
 
 @flax.struct.dataclass
@@ -160,8 +160,22 @@ def warmup_steps(config, steps_per_epoch: int, total: int) -> int:
   return int(round(config.warmup_epochs * steps_per_epoch))
 
 
-class NonFiniteLoss(FloatingPointError):
-  pass
+class NonFiniteLoss(errors.NonFiniteError):
+  """A step produced a non-finite loss, loss term, gradient norm or parameter norm; nothing
+  from that step on was saved (main.py exits with errors.EXIT_NON_FINITE)."""
+
+
+# Logged metrics that must stay finite: the loss and its terms, and every norm. The parameter
+# norm is of the parameters *after* the step, so it is the one that says whether the state
+# about to be saved is sound (with an absurd lr it overflows a step before the loss does).
+GUARDED = ("loss", "grad_norm", "param_norm")
+
+
+def non_finite(values: dict) -> list[str]:
+  """The guarded metrics of one step (`GUARDED`, `loss_*`, `*_norm`) that are NaN or Inf."""
+  keys = [k for k in values if k in GUARDED or k.startswith("loss_") or k.endswith("_norm")]
+  return sorted((k for k in keys if not np.isfinite(values[k])),
+                key=lambda k: (k not in GUARDED, GUARDED.index(k) if k in GUARDED else 0, k))
 
 
 @dataclasses.dataclass
@@ -214,14 +228,21 @@ class Loop:
       done_step, device_metrics = pending
       pending = None
       values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-      bad = [k for k in ("loss", "grad_norm") if k in values and not np.isfinite(values[k])]
+      bad = non_finite(values)
       if bad:
+        # Every save happens after its step's metrics passed this check, so what is on disk
+        # is from before the divergence.
+        self.checkpointer.wait()
         latest = self.checkpointer.latest_step()
+        norms = ", ".join(f"{k}={values[k]:.4g}" for k in GUARDED if k in values)
+        last = (f"the last good checkpoint is step {latest} in {self.checkpointer.directory}"
+                if latest is not None else
+                f"no checkpoint was written before it (in {self.checkpointer.directory})")
         raise NonFiniteLoss(
-            f"non-finite {', '.join(bad)} at step {done_step}: {values}. Training stopped; "
-            f"the last good checkpoint is step {latest} in {self.checkpointer.directory} "
-            "(nothing after it was saved). Lower the learning rate, enable "
-            "config.optim.grad_clip, or run in float32 to investigate.")
+            f"non-finite {', '.join(bad)} at step {done_step} ({norms}). Training stopped; "
+            f"{last} (nothing after it was saved). Lower the learning rate (config.optim.lr / "
+            "base_lr), enable config.optim.grad_clip, or run in float32 "
+            "(config.model.dtype=float32) to investigate.")
       window.append(values)
       if flush or done_step % self.log_every == 0 or done_step == self.total_steps:
         log_window(done_step)
