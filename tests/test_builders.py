@@ -395,7 +395,7 @@ def test_class_and_split_folder_errors_name_the_folders(tmp_path):
   shutil.rmtree(ds / 'test')
   with pytest.raises(builders.ManualDirError, match=f'{ds / "test"}.*missing'):
     builders.prepare('emotion6', root, tmp_path / 'tfds')
-  assert not (tmp_path / 'tfds' / 'emotion_folder' / 'emotion6' / '1.0.0').exists()
+  assert not (tmp_path / 'tfds' / 'emotion_folder' / 'emotion6').exists()
 
 
 # ------------------------------------------------------------------------------ benchmarks

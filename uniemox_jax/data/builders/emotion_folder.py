@@ -4,6 +4,12 @@ Reads the authors' processed splits, ``<manual_dir>/<folder>/{train,val,test}/<c
 (folder and classes from :data:`~uniemox_jax.data.classes.BENCHMARKS`). Labels follow the
 ImageFolder convention, the sorted class-folder names, and the class list is fixed per config,
 so a missing or extra class folder is an error rather than a silent label shift.
+
+Person boxes are stored as EmoSet's builder stores them (``person_box``, ``has_person``,
+``person_score``), from a :class:`~uniemox_jax.data.builders.person_boxes.PersonBoxes`
+provider keyed by the image id (the path inside the data set); without one every image is
+person-less. ``python -m uniemox_jax.tools.prepare --dataset=emo8 ... --person_boxes=yolov3``
+detects them with the built-in detector.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from uniemox_jax.data.builders import base
+from uniemox_jax.data.builders import person_boxes as pb
 from uniemox_jax.data.classes import BENCHMARKS, SPLITS, Benchmark
 
 
@@ -68,10 +75,32 @@ def _config(b: Benchmark) -> EmotionFolderConfig:
 
 class EmotionFolder(base.CheckedImageBuilder):
   """An ImageFolder-style emotion benchmark (configs: emo8, fi, emotion6, unbiasedemo,
-  caer_s, heco). Options: see :class:`base.CheckedImageBuilder`."""
+  caer_s, heco).
 
+  Options (constructor keywords, besides those of :class:`base.CheckedImageBuilder`):
+    person_boxes: a detections file keyed by image id (``train/anger/x.jpg``), a
+      :class:`PersonBoxes` provider, or None (every image person-less).
+    min_person_score: the confidence a ``person`` box needs (default 0.8, the paper's).
+  """
+
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First release.',
+      '1.1.0': 'Person boxes as in EmoSet: person_box, has_person, person_score (zeros and '
+               'False without a person boxes provider).',
+  }
   BUILDER_CONFIGS = [_config(b) for b in BENCHMARKS.values()]
   MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions()
+
+  def __init__(self, *, person_boxes: str | os.PathLike | pb.PersonBoxes | None = None,
+               min_person_score: float = pb.DEFAULT_MIN_SCORE, **kwargs):
+    super().__init__(**kwargs)
+    if not 0.0 <= float(min_person_score) <= 1.0:
+      raise ValueError(f'min_person_score must be in [0, 1], got {min_person_score}')
+    self._person_boxes_opt = person_boxes
+    self._min_person_score = float(min_person_score)
+    self._boxes: pb.PersonBoxes = pb.NoPersonBoxes()
+    self._original_state.update(person_boxes=person_boxes, min_person_score=min_person_score)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -85,10 +114,25 @@ class EmotionFolder(base.CheckedImageBuilder):
                 doc='path relative to the data set folder, e.g. train/anger/x.jpg'),
             'height': tfds.features.Scalar(np.int32, doc='image height in pixels'),
             'width': tfds.features.Scalar(np.int32, doc='image width in pixels'),
+            'person_box': tfds.features.Tensor(
+                shape=(4,), dtype=np.float32,
+                doc='[y0, x0, y1, x1] in [0, 1] of the stored image; zeros when no person'),
+            'has_person': tfds.features.Scalar(np.bool_, doc='a person box was kept'),
+            'person_score': tfds.features.Scalar(
+                np.float32, doc='detector confidence of person_box; 0 when none'),
         }),
         supervised_keys=('image', 'label'),
         metadata=tfds.core.MetadataDict(),
     )
+
+  def _prepare_options(self) -> dict[str, Any]:
+    opts = super()._prepare_options()
+    boxes = self._person_boxes_opt
+    opts['person_boxes'] = (None if boxes is None else
+                            os.fspath(boxes) if isinstance(boxes, (str, os.PathLike))
+                            else repr(boxes))
+    opts['min_person_score'] = self._min_person_score
+    return opts
 
   def _dataset_dir(self, root: epath.Path) -> epath.Path:
     """``root/<folder>`` (matched case-insensitively), or ``root`` itself if it has splits."""
@@ -158,11 +202,28 @@ class EmotionFolder(base.CheckedImageBuilder):
                    split_dir, hidden)
     return items
 
+  def list_images(self) -> list[tuple[str, str]]:
+    """``(image_id, path)`` of every file preparation would read, in preparation order
+    (splits, then classes, then sorted names), without opening any (the person detector's
+    input list)."""
+    ds_dir = self._validate_layout(self._manual_root(None))
+    return [(it.fields['image_id'], it.path) for split in SPLITS
+            for it in self._list_split(ds_dir, split)]
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     ds_dir = self._validate_layout(self._manual_root(dl_manager))
+    # Read (and validate) the boxes file before the long steps.
+    self._boxes = pb.make_person_boxes(self._person_boxes_opt, self._min_person_score)
     items = []
     for split in SPLITS:
       items += self._list_split(ds_dir, split)
+    if hasattr(self._boxes, 'check_ids'):
+      try:
+        matched = self._boxes.check_ids([it.fields['image_id'] for it in items])
+      except ValueError as e:
+        raise base.ManualDirError(str(e)) from None
+      logging.info('%s: %d of %d images have an entry in the person boxes file.',
+                   self.builder_config.name, matched, len(items))
     counts = {s: sum(it.split == s for it in items) for s in SPLITS}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
@@ -177,8 +238,19 @@ class EmotionFolder(base.CheckedImageBuilder):
   def _generate_examples(self, split: str, items: list[base.Item]):
     yield from self._iterate(split, items, self._example)
 
-  @staticmethod
-  def _example(item: base.Item, data: bytes) -> dict[str, Any]:
+  def _report_extra(self) -> dict[str, Any]:
+    boxes = self._boxes
+    summary = boxes.summary() if hasattr(boxes, 'summary') else repr(boxes)
+    logging.info('%s: %s', self.builder_config.name, summary)
+    return {'person_boxes': summary}
+
+  def _example(self, item: base.Item, data: bytes) -> dict[str, Any]:
+    w, h = item.check.width, item.check.height
+    box, score = self._boxes.lookup(item.fields['image_id'], w, h)
     return {'image': data, 'label': item.fields['label'],
             'image_id': item.fields['image_id'],
-            'height': np.int32(item.check.height), 'width': np.int32(item.check.width)}
+            'height': np.int32(h), 'width': np.int32(w),
+            'person_box': (np.zeros(4, np.float32) if box is None
+                           else np.asarray(box, np.float32)),
+            'has_person': box is not None,
+            'person_score': np.float32(score if box is not None else 0.0)}

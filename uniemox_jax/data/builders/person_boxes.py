@@ -11,6 +11,12 @@ Accepted files (boxes in pixels of the image as stored, ``x1``/``y1`` exclusive,
 
 * JSON: ``{image_id: [{"box": [x0, y0, x1, y1], "score": s, "label": "person"}, ...]}``
 * CSV with a header: ``image_id,x0,y0,x1,y1,score[,label]``, one detection per line.
+
+A key is matched to an image by the whole key first (a benchmark's image id is its path
+inside the data set, ``train/anger/x.jpg``, which the built-in detector writes as is), then
+by its image id, the file stem (``image/amusement/amusement_1.jpg`` is EmoSet's
+``amusement_1``); a stem shared by keys naming different files matches nothing, since it
+cannot tell them apart.
 """
 from __future__ import annotations
 
@@ -73,6 +79,14 @@ def normalise_box(box: Iterable[float], width: int, height: int) -> np.ndarray |
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 
+def normalise_key(key: str) -> str:
+  """A detections-file key as a '/'-separated path without a leading './'."""
+  key = str(key).strip().replace('\\', '/')
+  while key.startswith('./'):
+    key = key[2:]
+  return key
+
+
 def image_id_of(key: str) -> str:
   """A detections-file key → image id: directories and an image file suffix dropped."""
   name = str(key).strip().replace('\\', '/').rsplit('/', 1)[-1]
@@ -107,8 +121,15 @@ class FilePersonBoxes:
     # Keys may be image ids, file names or paths ('image/amusement/amusement_1.jpg'): all
     # mean the image id, the file stem.
     self._dets: dict[str, list] = {}
+    self._by_key: dict[str, list] = {}
+    keys_of_stem: dict[str, set[str]] = {}
     for key, found in dets.items():
       self._dets.setdefault(image_id_of(key), []).extend(found)
+      self._by_key.setdefault(normalise_key(key), []).extend(found)
+      keys_of_stem.setdefault(image_id_of(key), set()).add(normalise_key(key))
+    # Stems that stand for several files (train/anger/1.jpg, train/joy/1.jpg) match no
+    # path-like image id: which of the files is meant cannot be told.
+    self._ambiguous = {stem for stem, keys in keys_of_stem.items() if len(keys) > 1}
     self._looked_up = self._matched = self._with_person = self._clipped = 0
     self._unmatched_example: str | None = None
 
@@ -171,7 +192,7 @@ class FilePersonBoxes:
     by something else), rather than silently making every image person-less. Returns how many
     of the images have an entry."""
     image_ids = list(image_ids)
-    matched = sum(i in self._dets for i in image_ids)
+    matched = sum(self._find(i) is not None for i in image_ids)
     if image_ids and self._dets and not matched:
       raise ValueError(
           f'Person boxes file {self.path}: none of its {len(self._dets)} keys (e.g. '
@@ -182,10 +203,24 @@ class FilePersonBoxes:
 
   # ------------------------------------------------------------------------- lookup
 
+  def _find(self, image_id: str) -> list | None:
+    """The detections of ``image_id``: by the image id itself (EmoSet ids are file stems),
+    else by the whole key (benchmark ids are paths), else by an unambiguous stem."""
+    found = self._dets.get(image_id)
+    if found is not None:
+      return found
+    found = self._by_key.get(normalise_key(image_id))
+    if found is not None:
+      return found
+    stem = image_id_of(image_id)
+    if stem != image_id and stem not in self._ambiguous:
+      return self._dets.get(stem)
+    return None
+
   def lookup(self, image_id: str, width: int, height: int
              ) -> tuple[np.ndarray | None, float]:
     self._looked_up += 1
-    dets = self._dets.get(image_id)
+    dets = self._find(image_id)
     if dets is None:
       if self._unmatched_example is None:
         self._unmatched_example = image_id
