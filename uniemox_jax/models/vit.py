@@ -229,25 +229,39 @@ ATTENTION_IMPLS = ("explicit", "xla", "cudnn")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "explicit",
-              causal: bool = False) -> jax.Array:
+              causal: bool = False, return_weights: bool = False):
   """Scaled dot-product attention on `[B, T, H, d]` tensors, softmax in float32.
 
   `impl='explicit'` is plain einsums (bitwise reproducible, used for parity);
   `'xla'` / `'cudnn'` route through `jax.nn.dot_product_attention` (fused kernels on GPU).
+  `return_weights=True` (explicit only) also returns the float32 softmax weights
+  `[B, H, T_q, T_k]`: `(out, weights)`.
   """
   if impl != "explicit":
+    if return_weights:
+      raise ValueError(f"attention weights are only computed by attention_impl='explicit', "
+                       f"not {impl!r}; build the model with attention_impl='explicit' to "
+                       "read attention maps")
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if causal:
     t = logits.shape[-1]
     logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  return (out, probs) if return_weights else out
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused qkv projection (MAE/timm layout)."""
+  """Multi-head self-attention with a fused qkv projection (MAE/timm layout).
+
+  When the caller makes the `'intermediates'` collection mutable
+  (`apply(..., mutable=['intermediates'])`), the softmax weights `[B, H, T, T]` (float32) are
+  recorded there as `'attention'` (attention maps, rollout); only `impl='explicit'` computes
+  them, so other implementations raise then. Otherwise nothing is recorded and the
+  computation is unchanged.
+  """
   num_heads: int
   dtype: Dtype = jnp.float32
   impl: str = "explicit"
@@ -259,7 +273,12 @@ class Attention(nn.Module):
       raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
     qkv = Dense(3 * d, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl)
+    if self.is_mutable_collection("intermediates"):
+      out, weights = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl,
+                               return_weights=True)
+      self.sow("intermediates", "attention", weights)
+    else:
+      out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl)
     return Dense(d, dtype=self.dtype, name="proj")(out.reshape(b, t, d))
 
 
