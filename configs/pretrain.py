@@ -32,10 +32,17 @@ Arguments (after a colon, comma-separated):
                            (`bash demo.sh` prepares them; minutes on a 2-core CPU)
 
 Demo: python main.py --config=configs/pretrain.py:demo --workdir=demo_out/pretrain
+
+In-training evaluation (off by default): `--config.eval.every_steps=N` runs a kNN read-out
+(and with `--config.eval.zeroshot=True` the zero-shot γ read-out) on a fixed held-out subset
+of a labelled data set every N steps and at the end, logged as `val/knn_top1`, ... to
+metrics.jsonl and TensorBoard with its cost (`val/eval_seconds`, `val/eval_cost_steps`: the
+evaluation's time in training steps). Keys: `config.eval.*` below; README "Evaluation".
 """
 import ml_collections
 
 from configs import common
+from configs.readout import CAPTION_TEMPLATE
 
 
 def get_config(arg=None):
@@ -90,7 +97,10 @@ def get_config(arg=None):
   components = set(args.components.split("+"))
   unknown = components - {"con", "sim", "rec", "nce"}
   if unknown:
-    raise ValueError(f"unknown components {sorted(unknown)}; use con, sim, rec, nce")
+    raise common.ConfigArgumentError(
+        f"config argument components={args.components!r}: unknown components "
+        f"{sorted(unknown)}{common.did_you_mean(sorted(unknown)[0], ('con', 'sim', 'rec', 'nce'))}"
+        "; use con, sim, rec, nce joined by '+' (e.g. components=con+sim)")
   config.loss = ml_collections.ConfigDict(dict(
       con=float("con" in components), sim=float("sim" in components),
       rec=float("rec" in components), nce=float("nce" in components),
@@ -101,6 +111,22 @@ def get_config(arg=None):
   config.optim = common.optim_config(b2=0.95)
   # Epochs 100 and 200 are kept for good (the authors released both).
   config.checkpoint = common.checkpoint_config(every_steps=2000, keep_every_epochs=100)
+  # In-training kNN / zero-shot evaluation (README "Evaluation"); every_steps=0: off.
+  config.eval = ml_collections.ConfigDict(dict(
+      every_steps=0,                 # > 0: evaluate every this many steps and at the end
+      dataset="emoset",              # a labelled data set prepared in data_dir (or emotion_folder/<name>)
+      data_dir="",                   # "" = config.data.data_dir
+      split="test",                  # the queries: EmoSet test is held out of train+val
+      max_examples=1000,             # a fixed random subset of the split (0: all of it)
+      bank_split="train",            # the kNN memory bank (labels used only here)
+      bank_max_examples=5000,
+      feature="mean",                # kNN features: mean / cls (encoder) or gamma (student token)
+      k=20, temperature=0.07,
+      zeroshot=False,                # also γ vs the teacher's text embeddings of the template
+      caption_template=CAPTION_TEMPLATE,
+      resize=0,                      # shorter side before the centre crop; 0: image_size / 0.875
+      batch_size=256,                # global
+  ))
 
   if args.demo:
     _demo(config)
@@ -114,3 +140,4 @@ def _demo(config):
   config.optim.lr = 1e-3
   config.checkpoint.every_steps = 100
   config.log.every_steps = 20
+  config.eval.batch_size = 32          # --config.eval.every_steps=N switches it on

@@ -12,6 +12,7 @@ import train_utils as tu
 from configs import finetune as finetune_cfg
 from configs import linear_probe as probe_cfg
 from configs import pretrain as pretrain_cfg
+from configs import readout as readout_cfg
 from uniemox_jax import train
 from uniemox_jax.data import builders, demo
 from uniemox_jax.train import validation
@@ -26,6 +27,9 @@ CONFIGS = {
                     "teacher_norm=imagenet,relation_scope=local", "demo"],
     "finetune.py": DATASETS + ["emo8,variant=B/16", "demo", "heco,demo"],
     "linear_probe.py": DATASETS + ["fi,pool=cls", "demo"],
+    "readout.py": DATASETS + ["emo8,kind=zeroshot", "fi,kind=knn,feature=gamma",
+                              "heco,kind=zeroshot,variant=B/16", "emo8,kind=knn,demo",
+                              "emotion6,kind=zeroshot,demo"],
 }
 
 
@@ -37,7 +41,7 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in CONFIGS.items() for a in args])
 def test_config_loads_and_validates(name, arg):
   module = {"pretrain.py": pretrain_cfg, "finetune.py": finetune_cfg,
-            "linear_probe.py": probe_cfg}[name]
+            "linear_probe.py": probe_cfg, "readout.py": readout_cfg}[name]
   config = module.get_config(arg or None)
   assert config.task in train.TASKS
   validation.validate(config, num_devices=8, check_paths=False)

@@ -6,6 +6,10 @@ counts and top-3 hits on the device, padding rows ignored, so every example coun
 once on any number of devices and hosts); `evaluate_logits` does the same for logits already
 on the host (the linear probe's cached features). Both give `Accumulator.result`: top-1/top-3,
 per-class accuracy and the confusion matrix, written as JSON + PNG by `write_confusion`.
+With the per-example softmax probabilities (which both paths now collect) the result also
+holds `metrics`, the full `evaluators.metrics.classification_report` (macro-F1, ECE,
+reliability bins, Mikels metrics); `write_metrics` adds the reliability diagram PNG and
+`results_metrics` gives the flat `test_*` keys every `results.json` carries.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from uniemox_jax import preprocess, sharding
 from uniemox_jax.data import builders, pipeline
+from uniemox_jax.evaluators import metrics as metrics_lib
 
 
 class Accumulator:
@@ -29,14 +34,36 @@ class Accumulator:
     self.confusion = np.zeros((num_classes, num_classes), np.int64)  # [true, predicted]
     self.top3_hits = 0
     self.count = 0
+    self._probs: list[np.ndarray] = []   # [B_valid, K] softmax probabilities, when given
+    self._labels: list[np.ndarray] = []
 
-  def add(self, topk: np.ndarray, labels: np.ndarray, valid: np.ndarray):
-    """`topk` `[B, k]` class ids by decreasing score, `labels` `[B]`, `valid` `[B]` bool."""
+  def add(self, topk: np.ndarray, labels: np.ndarray, valid: np.ndarray,
+          probs: np.ndarray | None = None):
+    """`topk` `[B, k]` class ids by decreasing score, `labels` `[B]`, `valid` `[B]` bool,
+    optionally `probs` `[B, K]` (softmax) of the same rows, kept for the ECE."""
     topk, labels, valid = np.asarray(topk), np.asarray(labels), np.asarray(valid, bool)
+    if probs is not None:
+      self.add_probs(probs, labels, valid)
     topk, labels = topk[valid], labels[valid]
     np.add.at(self.confusion, (labels, topk[:, 0]), 1)
     self.top3_hits += int((topk[:, :3] == labels[:, None]).any(axis=1).sum())
     self.count += int(valid.sum())
+
+  def add_probs(self, probs: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None):
+    """Keeps `probs` `[B, K]` and `labels` `[B]` of the rows where `valid` `[B]` is True (all
+    rows when None). The confusion counts are not touched."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    if valid is not None:
+      keep = np.asarray(valid, bool)
+      probs, labels = probs[keep], labels[keep]
+    self._probs.append(probs)
+    self._labels.append(labels.astype(np.int64))
+
+  def probabilities(self) -> tuple[np.ndarray, np.ndarray] | None:
+    """`(probs [N, K], labels [N])` of every example added with probabilities, or None."""
+    if not self._probs:
+      return None
+    return np.concatenate(self._probs), np.concatenate(self._labels)
 
   def result(self, class_names: Sequence[str] | None = None) -> dict:
     n = max(self.count, 1)
@@ -44,7 +71,7 @@ class Accumulator:
     per_class = np.divide(np.diag(self.confusion), per_class_total,
                           out=np.zeros(self.num_classes), where=per_class_total > 0)
     names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
-    return {
+    out = {
         "top1": float(np.trace(self.confusion) / n),
         "top3": float(self.top3_hits / n),
         "num_examples": int(self.count),
@@ -52,6 +79,11 @@ class Accumulator:
         "confusion_matrix": self.confusion.tolist(),
         "class_names": names,
     }
+    kept = self.probabilities()
+    if self.count:
+      probs, labels = kept if kept is not None and len(kept[1]) == self.count else (None, None)
+      out["metrics"] = metrics_lib.classification_report(self.confusion, names, probs, labels)
+    return out
 
 
 def write_confusion(result: dict, path_prefix: str):
@@ -85,19 +117,70 @@ def confusion_png(confusion: np.ndarray, names: Sequence[str], path: str, cell: 
   img.save(path)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Row-wise softmax of host `logits` `[N, K]` in float64."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray,
                     class_names: Sequence[str]) -> dict:
-  """`Accumulator.result` for host `logits` `[N, K]` and `labels` `[N]`."""
+  """`Accumulator.result` for host `logits` `[N, K]` and `labels` `[N]` (with `metrics`
+  from the softmax probabilities)."""
   acc = Accumulator(len(class_names))
-  acc.add(np.argsort(-np.asarray(logits), axis=1)[:, :3], labels, np.ones(len(labels), bool))
+  valid = np.ones(len(labels), bool)
+  acc.add(np.argsort(-np.asarray(logits), axis=1, kind="stable")[:, :3], labels, valid,
+          probs=softmax(logits))
   return acc.result(class_names)
+
+
+def evaluate_probs(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
+  """`Accumulator.result` for host probabilities (or any non-negative scores normalised to
+  sum 1 per row) `probs` `[N, K]` and `labels` `[N]`; ties go to the lower class id."""
+  acc = Accumulator(len(class_names))
+  probs = np.asarray(probs, np.float64)
+  acc.add(np.argsort(-probs, axis=1, kind="stable")[:, :3], labels, np.ones(len(labels), bool),
+          probs=probs)
+  return acc.result(class_names)
+
+
+def write_metrics(result: dict, path_prefix: str,
+                  probabilities: tuple[np.ndarray, np.ndarray] | None = None,
+                  title: str | None = None) -> None:
+  """`write_confusion` (`<prefix>.json`, `<prefix>.png`) and, with `probabilities`
+  `(probs [N, K], labels [N])`, the reliability diagram `<prefix>_reliability.png`."""
+  write_confusion(result, path_prefix)
+  if probabilities is not None and len(probabilities[1]):
+    metrics_lib.reliability_diagram_png(probabilities[0], probabilities[1],
+                                        path_prefix + "_reliability.png", title=title)
+
+
+# The keys of a classification report that every results.json carries (with a prefix).
+RESULT_METRICS = ("macro_f1", "per_class_recall", "per_class_precision", "per_class_f1",
+                  "ece", "polarity_accuracy", "wheel_weighted_error")
+
+
+def results_metrics(result: dict, prefix: str = "test_") -> dict:
+  """The flat metric keys of a results.json from an evaluation `result`:
+  `<prefix>macro_f1`, `<prefix>per_class_recall` (dict), `<prefix>ece` (when probabilities
+  were kept), `<prefix>polarity_accuracy` / `<prefix>wheel_weighted_error` (Mikels data sets
+  only), plus `<prefix>metrics`, the whole `classification_report`."""
+  report = result.get("metrics")
+  if not report:
+    return {}
+  out = {f"{prefix}{k}": report[k] for k in RESULT_METRICS if k in report}
+  out[f"{prefix}metrics"] = report
+  return out
 
 
 def make_eval_step(apply_logits: Callable, num_classes: int):
   """`(params, batch) -> {'confusion' [K, K], 'top3_hits', 'count'}` (replicated outputs, so
   every host can read them; padding rows have `valid = False` and count nothing).
 
-  `apply_logits(params, images)` maps ImageNet-normalised float images to logits `[B, K]`."""
+  `apply_logits(params, images)` maps ImageNet-normalised float images to logits `[B, K]`.
+  The step also returns `probs` `[B, K]` (softmax, float32), `labels` and `valid` `[B]`, so
+  the host can compute the calibration error."""
   k = min(3, num_classes)
 
   def step(params, batch):
@@ -109,7 +192,9 @@ def make_eval_step(apply_logits: Callable, num_classes: int):
     pred = jax.nn.one_hot(top[:, 0], num_classes)
     hits = jnp.sum(jnp.any(top == labels[:, None], axis=1) * valid)
     return {"confusion": (truth.T @ pred).astype(jnp.int32), "top3_hits": hits.astype(jnp.int32),
-            "count": jnp.sum(valid).astype(jnp.int32)}
+            "count": jnp.sum(valid).astype(jnp.int32),
+            "probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+            "labels": labels, "valid": batch["valid"]}
 
   return step
 
@@ -136,6 +221,8 @@ class Evaluator:
     self.to_global = pipeline.make_global_fn(mesh, sharding.BATCH_AXES)
     self.step = jax.jit(make_eval_step(apply_logits, self.num_classes),
                         out_shardings=sharding.replicated(mesh))
+    # `(probs [N, K], labels [N])` of the last call, for the reliability diagram.
+    self.last_probabilities: tuple[np.ndarray, np.ndarray] | None = None
 
   def __call__(self, params) -> dict:
     start = time.perf_counter()
@@ -146,8 +233,10 @@ class Evaluator:
       acc.confusion += out["confusion"]
       acc.top3_hits += int(out["top3_hits"])
       acc.count += int(out["count"])
+      acc.add_probs(out["probs"], out["labels"], out["valid"])
     if acc.count != len(self.source):
       raise AssertionError(f"evaluation saw {acc.count} examples of {len(self.source)}")
+    self.last_probabilities = acc.probabilities()
     result = acc.result(self.class_names)
     result["eval_seconds"] = time.perf_counter() - start
     return result

@@ -164,9 +164,13 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
         "test_top1": test["top1"], "test_top3": test["top3"],
         "test_num_examples": test["num_examples"],
         "test_per_class_accuracy": test["per_class_accuracy"],
+        # macro-F1, per-class recall, ECE, Mikels metrics, the whole report
+        **classification.results_metrics(test, "test_"),
     }
     if jax.process_index() == 0:
-      classification.write_confusion(test, os.path.join(eval_dir, "test_best"))
+      classification.write_metrics(test, os.path.join(eval_dir, "test_best"),
+                                   test_eval.last_probabilities,
+                                   title=f"fine-tuned, {config.data.name} test (best val)")
       with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     writer.write(total, {"test_top1": test["top1"], "test_top3": test["top3"]}, prefix="test/")

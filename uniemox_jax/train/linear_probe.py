@@ -146,9 +146,16 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
   writer.close()
   results = {"dataset": config.data.name, "best_epoch": best[2], "val_top1": best[0],
              "test_top1": test["top1"], "test_top3": test["top3"],
-             "test_num_examples": test["num_examples"]}
+             "test_num_examples": test["num_examples"],
+             # macro-F1, per-class recall, ECE, Mikels metrics, the whole report
+             **classification.results_metrics(test, "test_")}
   if jax.process_index() == 0:
-    classification.write_confusion(test, os.path.join(workdir, "eval", "test_best"))
+    test_x, test_y = standard[config.data.test_split]
+    test_probs = classification.softmax(test_x @ np.asarray(best[1]["kernel"])
+                                        + np.asarray(best[1]["bias"]))
+    classification.write_metrics(test, os.path.join(workdir, "eval", "test_best"),
+                                 (test_probs, test_y),
+                                 title=f"linear probe, {config.data.name} test (best val)")
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=1)
     run_info.mark_done(workdir, results)

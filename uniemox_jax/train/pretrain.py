@@ -29,7 +29,7 @@ from uniemox_jax import teacher as teacher_lib
 from uniemox_jax.data import builders, pipeline
 from uniemox_jax.models import build, uniemox, vit
 from uniemox_jax.train import loop as loop_lib
-from uniemox_jax.train import optim, run_info
+from uniemox_jax.train import optim, readout, run_info
 
 
 def build_model(config, teacher_dim: int) -> uniemox.UniEmoX:
@@ -170,6 +170,8 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
                                                 state_shardings, batches.peek())
     writer = metrics_lib.MetricWriter(workdir, config.log.tensorboard)
     writer.write(begin.step, compile_info, prefix="compile/")
+    # kNN / zero-shot on a held-out labelled subset every config.eval.every_steps (0: none).
+    eval_fn = readout.pretrain_eval_fn(config, mesh, model, teacher, preemption, begin.step)
 
     # -------------------------------------------------------------------- loop
     loop = loop_lib.Loop(
@@ -177,11 +179,12 @@ def run(config, workdir: str, preemption: loop_lib.Preemption) -> dict:
         checkpointer=checkpointer, writer=writer, preemption=preemption, total_steps=total,
         global_batch=config.batch_size, steps_per_epoch=steps_per_epoch,
         save_every=config.checkpoint.every_steps, keep_every=keep_every,
-        log_every=config.log.every_steps, meta={"task": "pretrain"})
+        log_every=config.log.every_steps, eval_fn=eval_fn,
+        eval_every=config.eval.every_steps, meta={"task": "pretrain"})
     logging.info("pre-training from step %d to %d (%d steps/epoch, warm-up %d steps, peak "
                  "lr %.3g)", begin.step, total, steps_per_epoch, warmup,
                  peak_learning_rate(config))
-    state, status = loop.run(state, begin.step)
+    state, status = loop.run(state, begin.step, eval_pending=begin.eval_pending)
   finally:
     batches.close()
     checkpointer.close()

@@ -1,7 +1,8 @@
 """The task dispatcher: `run(config, workdir)` validates the config and runs `config.task`.
 
 Tasks (`TASKS`): 'pretrain' (UniEmoX pre-training), 'finetune' (benchmark fine-tuning, best
-val → test), 'linear_probe' (frozen features), 'eval' (one checkpoint on one split).
+val → test), 'linear_probe' (frozen features), 'eval' (one checkpoint on one split), 'knn' and
+'zeroshot' (read-outs of a pre-trained checkpoint, `train/readout.py`).
 """
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ import time
 import jax
 from absl import logging
 
-from uniemox_jax import metrics, start
+from uniemox_jax import errors, metrics, start
 from uniemox_jax.data.builders import DatasetNotPreparedError, ManualDirError
 from uniemox_jax.train import evaluate, finetune, linear_probe, loop as loop_lib, pretrain
+from uniemox_jax.train import readout
 from uniemox_jax.train import validation
 
 # task name → `run(config, workdir, preemption)`.
 TASKS = {"pretrain": pretrain.run, "finetune": finetune.run, "linear_probe": linear_probe.run,
-         "eval": evaluate.run}
+         "eval": evaluate.run, "knn": readout.run_knn, "zeroshot": readout.run_zeroshot}
 
-# Errors whose message tells the user what to fix: main.py prints them without a traceback.
-UserError = (validation.ConfigError, DatasetNotPreparedError, ManualDirError,
-             start.NotACheckpointError)
+# Errors whose message tells the user what to fix: main.py (errors.run_cli) prints them as one
+# `error: ...` line without a traceback and exits with errors.EXIT_USER_ERROR. ConfigError,
+# NotACheckpointError and the starting-point errors are errors.UserError subclasses; the data
+# builders' errors are registered here (data code does not import the error module).
+UserError = errors.register_user_errors(validation.ConfigError, DatasetNotPreparedError,
+                                        ManualDirError, start.NotACheckpointError)
 
 
 def initialize_distributed(force: bool = False) -> None:
