@@ -68,9 +68,14 @@ Box = tuple[int, int, int, int]
 
 # Default sizes: per class (train, val, test) and image (W, H) in pixels.
 SIZES: dict[str, dict[str, Any]] = {
-    'small': dict(emoset=(24, 4, 4), benchmark=(40, 8, 16), image_size=(128, 96)),
-    'tiny': dict(emoset=(4, 1, 1), benchmark=(4, 1, 1), image_size=(64, 48)),
+    'small': dict(emoset=(24, 4, 4), benchmark=(40, 8, 16), image_size=(128, 96),
+                  kind='palette'),
+    'tiny': dict(emoset=(4, 1, 1), benchmark=(4, 1, 1), image_size=(64, 48), kind='palette'),
+    # The embedded demo: shapes and people carry the emotion, colours do not; plenty of
+    # captioned pre-training images and few labels per benchmark class (see `draw_cues`).
+    'demo': dict(emoset=(100, 12, 12), benchmark=(8, 8, 24), image_size=(96, 96), kind='cues'),
 }
+KINDS = ('palette', 'cues')
 JPEG_QUALITY = 90
 PERSON_RATE = 0.75          # fraction of images with a drawn person
 PERSON_MIN_SCORE = 0.8      # the paper's YOLOv3 confidence threshold
@@ -132,7 +137,8 @@ def _vocabulary(key: str) -> tuple[str, ...]:
     return _LEVELS
   if key == 'facial_expression':
     return FACIAL_EXPRESSIONS
-  return tuple(sorted({v for c in _VOCAB.values() for v in c[key]}))
+  extra = {'object': DISTRACTOR_OBJECTS, 'human_action': tuple(POSE_ACTIONS.values())}
+  return tuple(sorted({v for c in _VOCAB.values() for v in c[key]} | set(extra.get(key, ()))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -457,6 +463,215 @@ def draw_image(label: int | str, rng: np.random.Generator,
   return Image.fromarray(np.round(arr).astype(np.uint8), 'RGB'), box
 
 
+# ---------------------------------------------------------------------------------------
+# The demo's images ('cues'): colour says nothing about the emotion. Backgrounds, lighting
+# and object colours are drawn from one distribution for every class; the emotion is in the
+# shapes of the scene's objects and in the drawn person's pose and face — in an image with a
+# person, half the time only there — so a model has to look at both views, and the captions
+# (which name the objects, the expression and the action) tell a teacher what to look for.
+# ---------------------------------------------------------------------------------------
+
+# emotion -> (object name in the captions, how it is drawn)
+CUE_OBJECTS: dict[str, str] = {
+    'amusement': 'Balloon', 'awe': 'Star', 'contentment': 'Tree', 'excitement': 'Firework',
+    'anger': 'Lightning', 'disgust': 'Garbage', 'fear': 'Spider', 'sadness': 'Rain',
+}
+DISTRACTOR_OBJECTS = ('Box', 'Ring', 'Cross')
+# emotion -> (pose, mouth, brows): every combination is one emotion's.
+PERSON_CUES: dict[str, tuple[str, str, str]] = {
+    'amusement': ('arms_up', 'smile', 'none'), 'awe': ('arms_up', 'open', 'raised'),
+    'contentment': ('arms_down', 'smile', 'none'),
+    'excitement': ('arms_out', 'smile', 'raised'), 'anger': ('arms_out', 'frown', 'angry'),
+    'disgust': ('hands_on_head', 'frown', 'angry'),
+    'fear': ('hands_on_head', 'open', 'raised'), 'sadness': ('arms_down', 'frown', 'none'),
+}
+POSE_ACTIONS = {'arms_up': 'raising both arms', 'arms_out': 'spreading the arms',
+                'arms_down': 'standing still', 'hands_on_head': 'holding the head'}
+CUE_EXPRESSIONS = {'amusement': 'happy', 'awe': 'surprise', 'contentment': 'happy',
+                   'excitement': 'happy', 'anger': 'anger', 'disgust': 'anger', 'fear': 'fear',
+                   'sadness': 'sad'}
+CUE_ONLY_PERSON_RATE = 0.5  # with a person: the share of images whose objects are distractors
+# emotion -> the hue (degrees) of its objects and of its people's clothes. Backgrounds and
+# distractor objects take any hue, so a colour alone does not tell the emotion: the cue is
+# an object of the emotion's shape *and* hue, or a person of its pose, face and clothes.
+CUE_HUES: dict[str, float] = {e: 45.0 * i for i, e in enumerate(
+    ('anger', 'excitement', 'amusement', 'contentment', 'sadness', 'awe', 'fear', 'disgust'))}
+
+
+def _cue_color(rng: np.random.Generator, style: str) -> tuple:
+  hue = (CUE_HUES[style] + rng.uniform(-8, 8)) % 360
+  rgb = colorsys.hsv_to_rgb(hue / 360, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0))
+  return tuple(int(round(255 * c)) for c in rgb)
+
+
+def _any_color(rng: np.random.Generator, sat=(0.3, 0.9), val=(0.3, 1.0)) -> tuple:
+  rgb = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(*sat), rng.uniform(*val))
+  return tuple(int(round(255 * c)) for c in rgb)
+
+
+def _cue_object(kind: str, rng: np.random.Generator, x: float, y: float, r: float,
+                col: tuple | None = None) -> list:
+  """One object's shapes (pixels) centred at (x, y) with radius ~r, in `col` (default: a
+  random colour)."""
+  col = col or _any_color(rng, val=(0.5, 1.0))
+  w = max(1, int(round(0.12 * r)))
+  if kind == 'Balloon':
+    return [('line', [(x, y + r), (x + rng.uniform(-0.3, 0.3) * r, y + 2.4 * r)], col, w),
+            ('ellipse', [x - 0.75 * r, y - r, x + 0.75 * r, y + r], col)]
+  if kind == 'Star':
+    return [('polygon', _star(x, y, r, 0.42 * r, rot=rng.uniform(0, 1)), col)]
+  if kind == 'Tree':
+    trunk = _any_color(rng, val=(0.2, 0.5))
+    return [('rectangle', [x - 0.15 * r, y, x + 0.15 * r, y + 1.1 * r], trunk),
+            ('ellipse', [x - 0.8 * r, y - 1.1 * r, x + 0.8 * r, y + 0.3 * r], col)]
+  if kind == 'Firework':
+    n = int(rng.integers(9, 14))
+    return [('line', [(x, y), (x + r * math.cos(2 * math.pi * k / n),
+                               y + r * math.sin(2 * math.pi * k / n))], col, w)
+            for k in range(n)]
+  if kind == 'Lightning':
+    s = 1 if rng.uniform() < 0.5 else -1
+    pts = [(x - 0.2 * s * r, y - r), (x + 0.35 * s * r, y - r), (x + 0.05 * s * r, y - 0.1 * r),
+           (x + 0.4 * s * r, y - 0.1 * r), (x - 0.3 * s * r, y + r), (x - 0.05 * s * r, y + 0.15 * r),
+           (x - 0.4 * s * r, y + 0.15 * r)]
+    return [('polygon', pts, col)]
+  if kind == 'Garbage':
+    out = []
+    for _ in range(int(rng.integers(3, 6))):
+      ox, oy = rng.uniform(-0.6, 0.6, 2) * r
+      rr = rng.uniform(0.3, 0.55) * r
+      out.append(('ellipse', [x + ox - rr, y + oy - 0.7 * rr, x + ox + rr, y + oy + 0.7 * rr],
+                  col))
+    return out
+  if kind == 'Spider':
+    out = []
+    for k in range(8):
+      a = math.pi * (0.15 + 0.7 * (k % 4) / 3) * (1 if k < 4 else -1)
+      kx, ky = x + 0.7 * r * math.cos(a), y + 0.7 * r * math.sin(a)
+      out.append(('line', [(x, y), (kx, ky), (kx + 0.3 * r * math.cos(a), ky + 0.45 * r)],
+                  col, w))
+    out.append(('ellipse', [x - 0.35 * r, y - 0.3 * r, x + 0.35 * r, y + 0.3 * r], col))
+    return out
+  if kind == 'Rain':
+    out = []
+    for _ in range(int(rng.integers(4, 7))):
+      ox, oy = rng.uniform(-r, r), rng.uniform(-r, 0.3 * r)
+      out.append(('polygon', [(x + ox, y + oy - 0.35 * r), (x + ox + 0.14 * r, y + oy),
+                              (x + ox, y + oy + 0.12 * r), (x + ox - 0.14 * r, y + oy)], col))
+    return out
+  if kind == 'Box':
+    return [('rectangle', [x - 0.7 * r, y - 0.7 * r, x + 0.7 * r, y + 0.7 * r], col)]
+  if kind == 'Ring':
+    inner = _any_color(rng)
+    return [('ellipse', [x - r, y - r, x + r, y + r], col),
+            ('ellipse', [x - 0.55 * r, y - 0.55 * r, x + 0.55 * r, y + 0.55 * r], inner)]
+  if kind == 'Cross':
+    return [('rectangle', [x - r, y - 0.22 * r, x + r, y + 0.22 * r], col),
+            ('rectangle', [x - 0.22 * r, y - r, x + 0.22 * r, y + r], col)]
+  raise ValueError(kind)
+
+
+def _cue_person(rng: np.random.Generator, w: int, h: int, pose: str, mouth: str,
+                brows: str, cloth: tuple) -> list:
+  """A figure with a readable face (mouth, brows) and pose, at a random place and size."""
+  fh = rng.uniform(0.55, 0.9) * h
+  fw = 0.6 * fh
+  x0 = rng.uniform(1, max(1.0, w - fw - 1))
+  y0 = rng.uniform(1, max(1.0, h - fh - 1))
+  cx = x0 + fw / 2
+  lw = max(2, int(round(0.06 * fh)))
+  r = 0.14 * fh                                    # head radius: the face must be legible
+  skin = [(241, 194, 160), (198, 134, 90), (141, 85, 54), (255, 220, 190)][rng.integers(4)]
+  ink = (20, 20, 20)
+  neck, hip = y0 + 2 * r, y0 + 0.6 * fh
+  shoulder = neck + 0.05 * fh
+  shapes = []
+  for side in (-1, 1):                             # legs
+    foot_x = cx + side * rng.uniform(0.1, 0.25) * fw
+    shapes.append(('line', [(cx, hip), (foot_x, y0 + fh - lw / 2)], cloth, lw))
+  for side in (-1, 1):                             # arms, by pose
+    if pose == 'arms_up':
+      hand = (cx + side * 0.35 * fw, y0 - 0.02 * fh)
+    elif pose == 'arms_out':
+      hand = (cx + side * 0.5 * fw, shoulder + 0.02 * fh)
+    elif pose == 'arms_down':
+      hand = (cx + side * 0.2 * fw, hip + 0.05 * fh)
+    else:  # hands on the head
+      hand = (cx + side * 0.9 * r, y0 + 0.6 * r)
+    elbow = ((cx + hand[0]) / 2 + side * 0.12 * fw, (shoulder + hand[1]) / 2)
+    shapes.append(('line', [(cx, shoulder), elbow, hand], skin, max(1, lw - 1)))
+  shapes.append(('rectangle', [cx - 0.24 * fw, neck, cx + 0.24 * fw, hip], cloth))
+  shapes.append(('ellipse', [cx - r, y0, cx + r, y0 + 2 * r], skin))
+  ey, ex, er = y0 + 0.85 * r, 0.4 * r, max(1.0, 0.13 * r)
+  for side in (-1, 1):                             # eyes and brows
+    shapes.append(('ellipse', [cx + side * ex - er, ey - er, cx + side * ex + er, ey + er], ink))
+    if brows == 'angry':
+      shapes.append(('line', [(cx + side * 0.7 * r, ey - 0.45 * r), (cx + side * 0.15 * r,
+                                                                     ey - 0.25 * r)], ink, lw // 2 + 1))
+    elif brows == 'raised':
+      shapes.append(('line', [(cx + side * 0.65 * r, ey - 0.4 * r), (cx + side * 0.2 * r,
+                                                                    ey - 0.55 * r)], ink, lw // 2 + 1))
+  my = y0 + 1.45 * r
+  if mouth == 'smile':
+    shapes.append(('line', [(cx - 0.45 * r, my - 0.15 * r), (cx, my + 0.2 * r),
+                            (cx + 0.45 * r, my - 0.15 * r)], ink, lw // 2 + 1))
+  elif mouth == 'frown':
+    shapes.append(('line', [(cx - 0.45 * r, my + 0.2 * r), (cx, my - 0.12 * r),
+                            (cx + 0.45 * r, my + 0.2 * r)], ink, lw // 2 + 1))
+  else:  # open
+    shapes.append(('ellipse', [cx - 0.22 * r, my - 0.2 * r, cx + 0.22 * r, my + 0.25 * r], ink))
+  return shapes
+
+
+def draw_cues(label: int | str, rng: np.random.Generator, size: tuple[int, int] = (96, 96),
+              person: bool = True, *, classes: Sequence[str] = EMOSET_CLASSES,
+              noise_std: tuple[float, float] = (3.0, 8.0)
+              ) -> tuple[Image.Image, Box | None, dict]:
+  """Draws one demo scene of an emotion class whose colours carry no information.
+
+  The emotion shows in its object's shape (`CUE_OBJECTS`) and, with a person, in the pose
+  and face (`PERSON_CUES`); with a person, the objects are distractors half of the time
+  (`CUE_ONLY_PERSON_RATE`), so then only the person tells the emotion.
+
+  Returns:
+    ``(image, box, info)``: the image, the person's exact box (or None) and
+    ``{'objects': [names drawn], 'pose', 'expression'}`` (the last two only with a person),
+    which the annotations (and so the captions) report.
+  """
+  name = classes[label] if not isinstance(label, str) else label
+  style = style_of(name)
+  w, h = size
+  img = _gradient(w, h, _any_color(rng, sat=(0.1, 0.8), val=(0.35, 0.95)),
+                  _any_color(rng, sat=(0.1, 0.8), val=(0.2, 0.8)))
+  draw = ImageDraw.Draw(img)
+  if rng.uniform() < 0.6:                          # a ground of some colour
+    draw.rectangle([0, rng.uniform(0.55, 0.85) * h, w, h], fill=_any_color(rng, val=(0.2, 0.8)))
+  cue_in_objects = not person or rng.uniform() >= CUE_ONLY_PERSON_RATE
+  kinds = [str(k) for k in rng.choice(DISTRACTOR_OBJECTS, size=int(rng.integers(0, 3)))]
+  if cue_in_objects:
+    kinds += [CUE_OBJECTS[style]] * int(rng.integers(1, 3))
+  kinds = [kinds[i] for i in rng.permutation(len(kinds))]
+  s = min(w, h)
+  for kind in kinds:
+    x, y = rng.uniform(0.12, 0.88) * w, rng.uniform(0.12, 0.7) * h
+    col = _cue_color(rng, style) if kind == CUE_OBJECTS[style] else None
+    for shape in _cue_object(kind, rng, x, y, rng.uniform(0.11, 0.18) * s, col):
+      _paint(draw, shape)
+  noise = rng.normal(0.0, rng.uniform(*noise_std), (h, w, 3)).astype(np.float32)
+  box, info = None, {'objects': sorted(set(kinds))}
+  if person:
+    pose, mouth, brows = PERSON_CUES[style]
+    mask = Image.new('L', (w, h), 0)
+    mdraw = ImageDraw.Draw(mask)
+    for shape in _cue_person(rng, w, h, pose, mouth, brows, _cue_color(rng, style)):
+      _paint(draw, shape)
+      _paint(mdraw, (shape[0], shape[1], 255, *shape[3:]))
+    box = mask.getbbox()
+    info.update(pose=POSE_ACTIONS[pose], expression=CUE_EXPRESSIONS[style])
+  arr = np.clip(np.asarray(img, np.float32) + noise, 0, 255)
+  return Image.fromarray(np.round(arr).astype(np.uint8), 'RGB'), box, info
+
+
 def _levels(img: Image.Image) -> tuple[float, float]:
   """(brightness, colorfulness) of an image: mean luma and mean HSV saturation, rounded to
   the EmoSet grid of 0.1 steps in [0, 1]."""
@@ -512,6 +727,39 @@ def _annotation(rng: np.random.Generator, name: str, img: Image.Image, person: b
   return ann
 
 
+def _cue_annotation(rng: np.random.Generator, name: str, img: Image.Image, info: dict,
+                    drop: str | None) -> dict:
+  """The annotation of a 'cues' image: what was drawn (objects, the person's expression
+  and action), each key absent now and then as in EmoSet; the scene name is the class's."""
+  b, c = _levels(img)
+  ann: dict[str, Any] = {}
+  # Brightness and saturation say nothing about the emotion here; rarely given, so that
+  # they do not dominate what a contrastive teacher learns from the captions.
+  if rng.uniform() < 0.15:
+    ann['brightness'] = b
+  if rng.uniform() < 0.15:
+    ann['colorfulness'] = c
+  if rng.uniform() < 0.85:
+    ann['scene'] = str(rng.choice(_VOCAB[style_of(name)]['scene']))
+  if info['objects'] and rng.uniform() < 0.9:
+    ann['object'] = list(info['objects'])
+  if 'expression' in info and rng.uniform() < 0.9:
+    ann['facial_expression'] = info['expression']
+  if 'pose' in info and rng.uniform() < 0.9:
+    ann['human_action'] = info['pose']
+  ann.pop(drop, None)
+  return ann
+
+
+def _draw(kind: str, label, rng, size, person, classes=EMOSET_CLASSES):
+  """`(image, box, info or None)` with the drawing of `kind` ('palette' or 'cues')."""
+  if kind == 'cues':
+    return draw_cues(label, rng, size, person, classes=classes)
+  if kind != 'palette':
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  return (*draw_image(label, rng, size, person, classes=classes), None)
+
+
 def _detections(rng: np.random.Generator, w: int, h: int, box: Box | None,
                 force_entry: bool | None) -> list[dict] | None:
   """What a person detector would report for one image (None: no entry)."""
@@ -539,7 +787,7 @@ def _detections(rng: np.random.Generator, w: int, h: int, box: Box | None,
 def write_emoset(root: str | os.PathLike, *, seed: int = 0,
                  per_class: tuple[int, int, int] = SIZES['small']['emoset'],
                  image_size: tuple[int, int] = SIZES['small']['image_size'],
-                 layout: str = 'official') -> dict:
+                 layout: str = 'official', kind: str = 'palette') -> dict:
   """Writes an EmoSet-118K look-alike under ``root`` (the layout is in the module docstring).
 
   Args:
@@ -551,6 +799,8 @@ def write_emoset(root: str | os.PathLike, *, seed: int = 0,
     layout: ``'official'`` (nested info.json, 4-field rows) or ``'three_field'`` (flat
       info.json, rows ``[emotion, image_path, annotation_path]``, as the released UniEmoX
       code reads).
+    kind: ``'palette'`` (each emotion its own palette: easy, for tests) or ``'cues'``
+      (colours carry nothing; shapes and the person do: the demo, see `draw_cues`).
 
   Returns:
     ``{'root', 'layout', 'counts': {split: n}, 'images', 'with_person', 'files':
@@ -580,11 +830,12 @@ def write_emoset(root: str | os.PathLike, *, seed: int = 0,
       # Position 0 of each class: no person, one attribute dropped, so that even the tiny
       # set has absent keys and both kinds of person-less detector output.
       person = j != 0 and rng.uniform() < PERSON_RATE
-      img, box = draw_image(ci, rng, (w, h), person)
+      img, box, info = _draw(kind, ci, rng, (w, h), person)
       drop = None
       if j == 0:
         drop = ('scene', 'object', 'brightness', 'colorfulness')[ci % 4]
-      ann = _annotation(rng, emotion, img, person, drop)
+      ann = (_annotation(rng, emotion, img, person, drop) if info is None else
+             _cue_annotation(rng, emotion, img, info, drop))
       dets = _detections(rng, w, h, box, force_entry=(ci % 2 == 1) if j == 0 else None)
       image_path = f'image/{emotion}/{image_id}.jpg'
       ann_path = f'annotation/{emotion}/{image_id}.json'
@@ -627,7 +878,8 @@ def write_emoset(root: str | os.PathLike, *, seed: int = 0,
 
 def write_benchmark(root: str | os.PathLike, name: str, *, seed: int = 0,
                     per_class: tuple[int, int, int] = SIZES['small']['benchmark'],
-                    image_size: tuple[int, int] = SIZES['small']['image_size']) -> dict:
+                    image_size: tuple[int, int] = SIZES['small']['image_size'],
+                    kind: str = 'palette') -> dict:
   """Writes ``root/<folder>/{train,val,test}/<class>/<class>_<n>.jpg`` for a benchmark.
 
   Args:
@@ -636,6 +888,7 @@ def write_benchmark(root: str | os.PathLike, name: str, *, seed: int = 0,
     seed: everything written is a function of the seed.
     per_class: images per class in (train, val, test).
     image_size: ``(W, H)`` in pixels of every JPEG.
+    kind: the drawing, as in `write_emoset`.
 
   Returns:
     ``{'root', 'name', 'classes', 'counts': {split: n}, 'images', 'with_person'}``.
@@ -656,7 +909,7 @@ def write_benchmark(root: str | os.PathLike, name: str, *, seed: int = 0,
         num += 1
         rng = _rng(seed, tag, ci, num)
         person = rng.uniform() < PERSON_RATE
-        img, _ = draw_image(ci, rng, image_size, person, classes=bench.classes)
+        img, _, _ = _draw(kind, ci, rng, image_size, person, classes=bench.classes)
         (d / f'{cls}_{num:05d}.jpg').write_bytes(_jpeg_bytes(img))
         counts[split] += 1
         with_person += int(person)
@@ -693,8 +946,9 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, size: str = 'small',
   Args:
     out_dir: output directory (created).
     seed: everything written is a function of the seed.
-    size: ``'small'`` (EmoSet 8×(24, 4, 4), benchmarks 8×(40, 8, 16), 128×96 px) or
-      ``'tiny'`` (8×(4, 1, 1) each, 64×48 px).
+    size: ``'small'`` (EmoSet 8×(24, 4, 4), benchmarks 8×(40, 8, 16), 128×96 px, palette
+      drawing), ``'tiny'`` (8×(4, 1, 1) each, 64×48 px) or ``'demo'`` (EmoSet 8×(100, 12,
+      12), benchmarks 8×(8, 8, 24), 96×96 px, the 'cues' drawing).
     benchmarks: names in ``BENCHMARKS`` to write.
     layout: the EmoSet layout, ``'official'`` or ``'three_field'``.
 
@@ -708,9 +962,10 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, size: str = 'small',
   t0 = time.perf_counter()
   out = Path(out_dir)
   emoset = write_emoset(out / 'EmoSet', seed=seed, per_class=sz['emoset'],
-                        image_size=sz['image_size'], layout=layout)
+                        image_size=sz['image_size'], layout=layout, kind=sz['kind'])
   benches = {name: write_benchmark(out / 'benchmarks', name, seed=seed,
-                                   per_class=sz['benchmark'], image_size=sz['image_size'])
+                                   per_class=sz['benchmark'], image_size=sz['image_size'],
+                                   kind=sz['kind'])
              for name in benchmarks}
   return dict(emoset=emoset, benchmarks=benches, seconds=time.perf_counter() - t0)
 
