@@ -343,3 +343,64 @@ def test_cli_writes_tiny_set(tmp_path, capsys):
   assert (tmp_path / 'benchmarks' / 'emo8' / 'train' / 'amusement').is_dir()
   assert (tmp_path / 'benchmarks' / 'Emotion6' / 'test' / 'surprise').is_dir()
   assert result['emoset']['counts'] == {'train': 32, 'val': 8, 'test': 8}
+
+
+def _colour_histogram(im: Image.Image) -> np.ndarray:
+  """A global colour statistic: the 4×4×4 RGB histogram (normalised) and the mean colour."""
+  arr = np.asarray(im.convert('RGB'), np.float32)
+  bins = (arr // 64).astype(int).reshape(-1, 3)
+  hist = np.bincount(bins[:, 0] * 16 + bins[:, 1] * 4 + bins[:, 2], minlength=64)
+  return np.concatenate([hist / hist.sum(), arr.reshape(-1, 3).mean(0) / 255])
+
+
+def test_demo_cues_are_not_in_global_colour_statistics(tmp_path):
+  """The demo's 'cues' drawing: a nearest-centroid classifier on global colour statistics
+  (the one that separates the 'palette' drawing above) is near chance, while the cues that
+  do tell the emotion (an object's shape and hue, the person) are drawn as documented."""
+  demo.write_benchmark(tmp_path, 'emo8', seed=0, per_class=(40, 0, 16), image_size=(96, 96),
+                       kind='cues')
+  root = tmp_path / 'emo8'
+  names = BENCHMARKS['emo8'].classes
+
+  def features(split):
+    x, y = [], []
+    for label, cls in enumerate(names):
+      for f in sorted((root / split / cls).iterdir()):
+        with Image.open(f) as im:
+          x.append(_colour_histogram(im))
+        y.append(label)
+    return np.stack(x), np.asarray(y)
+
+  x_train, y_train = features('train')
+  x_test, y_test = features('test')
+  centroids = np.stack([x_train[y_train == k].mean(0) for k in range(8)])
+  pred = np.argmin(((x_test[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+  assert (pred == y_test).mean() < 0.3  # chance 0.125; the palette drawing gives > 0.5
+
+
+def test_demo_cues_drawing_and_annotations():
+  for ci, emotion in enumerate(EMOSET_CLASSES):
+    for j in range(6):
+      rng = demo._rng(0, ci, j)
+      person = j % 3 != 0
+      img, box, info = demo.draw_cues(ci, rng, (96, 96), person)
+      assert img.size == (96, 96) and (box is not None) == person
+      if not person:  # without a person the emotion's object is always there
+        assert demo.CUE_OBJECTS[emotion] in info['objects']
+      else:
+        assert info['pose'] == demo.POSE_ACTIONS[demo.PERSON_CUES[emotion][0]]
+        assert info['expression'] == demo.CUE_EXPRESSIONS[emotion]
+      assert set(info['objects']) <= {demo.CUE_OBJECTS[emotion], *demo.DISTRACTOR_OBJECTS}
+  # Every (pose, mouth, brows) is one emotion's; every object and hue too.
+  assert len(set(demo.PERSON_CUES.values())) == 8
+  assert len(set(demo.CUE_OBJECTS.values())) == 8 and len(set(demo.CUE_HUES.values())) == 8
+
+
+def test_demo_size_writes_captioned_cues(tmp_path):
+  info = demo.write_emoset(tmp_path / 'EmoSet', seed=0, per_class=(2, 1, 1), image_size=(96, 96),
+                           kind='cues')
+  assert info['counts'] == {'train': 16, 'val': 8, 'test': 8}
+  anns = [json.loads(p.read_text()) for p in (tmp_path / 'EmoSet' / 'annotation').rglob('*.json')]
+  actions = {a['human_action'] for a in anns if 'human_action' in a}
+  assert actions <= set(demo.POSE_ACTIONS.values())
+  assert demo.SIZES['demo']['kind'] == 'cues'
