@@ -31,7 +31,6 @@ import json
 import os
 
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 

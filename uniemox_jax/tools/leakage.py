@@ -49,7 +49,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -60,6 +59,7 @@ from absl import logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from uniemox_jax import errors
 from uniemox_jax.data import builders
 from uniemox_jax.data.builders import images as images_lib
 from uniemox_jax.data.classes import SPLITS
@@ -702,14 +702,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
   return lines
 
 
-# The exit code of a user's mistake (the project's convention: 1 is a bug, 2 a user error).
-EXIT_USER_ERROR = 2
-
-
 def _user_error(message: str) -> NoReturn:
-  """Ends the program with one ``error: ...`` line on stderr and exit code 2."""
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)
+  """Ends the program with one ``error: ...`` line on stderr and the user-error exit code."""
+  errors.fail(message)
 
 
 def main(argv: Sequence[str]) -> None:

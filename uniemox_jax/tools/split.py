@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -44,6 +43,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from uniemox_jax import errors
 from uniemox_jax.data.classes import BENCHMARKS, SPLITS, Benchmark
 from uniemox_jax.data.splits import manifest_hash, nfc
 
@@ -393,14 +393,9 @@ def split_dataset(dataset: str, raw_dir: str | os.PathLike, out: str | os.PathLi
   return dict(manifest, dataset_dir=dataset_dir, reused=existed, mode=mode)
 
 
-# The exit code of a user's mistake (the project's convention: 1 is a bug, 2 a user error).
-EXIT_USER_ERROR = 2
-
-
 def _user_error(message: str) -> NoReturn:
-  """Ends the program with one ``error: ...`` line on stderr and exit code 2."""
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)
+  """Ends the program with one ``error: ...`` line on stderr and the user-error exit code."""
+  errors.fail(message)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -139,13 +139,8 @@ class Emoset(base.CheckedImageBuilder):
     )
 
   def _prepare_options(self) -> dict[str, Any]:
-    opts = super()._prepare_options()
-    boxes = self._person_boxes_opt
-    opts['person_boxes'] = (None if boxes is None else
-                            os.fspath(boxes) if isinstance(boxes, (str, os.PathLike))
-                            else repr(boxes))
-    opts['min_person_score'] = self._min_person_score
-    return opts
+    return dict(super()._prepare_options(),
+                **pb.prepare_options(self._person_boxes_opt, self._min_person_score))
 
   # ------------------------------------------------------------------ reading the index
 

@@ -126,13 +126,8 @@ class EmotionFolder(base.CheckedImageBuilder):
     )
 
   def _prepare_options(self) -> dict[str, Any]:
-    opts = super()._prepare_options()
-    boxes = self._person_boxes_opt
-    opts['person_boxes'] = (None if boxes is None else
-                            os.fspath(boxes) if isinstance(boxes, (str, os.PathLike))
-                            else repr(boxes))
-    opts['min_person_score'] = self._min_person_score
-    return opts
+    return dict(super()._prepare_options(),
+                **pb.prepare_options(self._person_boxes_opt, self._min_person_score))
 
   def _dataset_dir(self, root: epath.Path) -> epath.Path:
     """``root/<folder>`` (matched case-insensitively), or ``root`` itself if it has splits."""

@@ -275,3 +275,12 @@ def make_person_boxes(person_boxes: str | os.PathLike | PersonBoxes | None,
     return person_boxes
   raise TypeError(f'person_boxes must be a path, a PersonBoxes provider or None, got '
                   f'{type(person_boxes).__name__}.')
+
+
+def prepare_options(person_boxes: Any, min_score: float) -> dict[str, Any]:
+  """How a builder's person-box options are recorded with the prepared data (so a second
+  prepare with other boxes is noticed): the file's path, or a provider's repr, and the score."""
+  return {'person_boxes': (None if person_boxes is None else
+                           os.fspath(person_boxes) if isinstance(person_boxes, (str, os.PathLike))
+                           else repr(person_boxes)),
+          'min_person_score': min_score}
