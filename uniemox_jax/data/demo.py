@@ -88,48 +88,12 @@ PERSON_MIN_SCORE = 0.8      # the paper's YOLOv3 confidence threshold
 _LEVELS = tuple(f'{i / 10:.1f}' for i in range(11))
 FACIAL_EXPRESSIONS = ('anger', 'fear', 'happy', 'neutral', 'sad', 'surprise')
 
+# Per emotion: the scene names, object names, facial expressions and actions its
+# annotations draw from (data, in demo_vocabulary.json next to this file).
 _VOCAB: dict[str, dict[str, tuple[str, ...]]] = {
-    'amusement': dict(
-        scene=('amusement_park', 'playground', 'toy_shop'),
-        object=('Balloon', 'Alarm clock', 'Toy', 'Ferris wheel', 'Clown'),
-        facial_expression=('happy', 'surprise'),
-        human_action=('blowing balloons', 'riding a roller coaster', 'juggling')),
-    'awe': dict(
-        scene=('mountain', 'glacier', 'sky'),
-        object=('Mountain', 'Star', 'Cloud', 'Snow peak', 'Night sky'),
-        facial_expression=('surprise', 'neutral'),
-        human_action=('hiking', 'stargazing', 'climbing')),
-    'contentment': dict(
-        scene=('field_cultivated', 'meadow', 'park'),
-        object=('Tree', 'Flower', 'Sun', 'Picnic basket', 'Grass'),
-        facial_expression=('happy', 'neutral'),
-        human_action=('having a picnic', 'reading a book', 'walking')),
-    'excitement': dict(
-        scene=('stage_outdoor', 'stadium', 'discotheque'),
-        object=('Firework', 'Sports car', 'Guitar', 'Confetti', 'Stage light'),
-        facial_expression=('happy', 'surprise'),
-        human_action=('dancing', 'jumping', 'playing guitar')),
-    'anger': dict(
-        scene=('street', 'battlefield', 'boxing_ring'),
-        object=('Fire', 'Fist', 'Broken glass', 'Lightning', 'Weapon'),
-        facial_expression=('anger',),
-        human_action=('punching', 'shouting', 'protesting')),
-    'disgust': dict(
-        scene=('landfill', 'sewer', 'dumpster'),
-        object=('Garbage', 'Insect', 'Rotten fruit', 'Mold', 'Trash can'),
-        facial_expression=('anger', 'sad'),
-        human_action=('holding nose', 'cleaning', 'vomiting')),
-    'fear': dict(
-        scene=('forest_path', 'cemetery', 'corridor'),
-        object=('Spider', 'Skull', 'Shadow', 'Dead tree', 'Knife'),
-        facial_expression=('fear', 'surprise'),
-        human_action=('running away', 'hiding', 'screaming')),
-    'sadness': dict(
-        scene=('rainy_street', 'hospital_room', 'bus_station'),
-        object=('Umbrella', 'Rain', 'Gravestone', 'Wilted flower', 'Window'),
-        facial_expression=('sad', 'neutral'),
-        human_action=('crying', 'sitting alone', 'walking in the rain')),
-}
+    emotion: {key: tuple(values) for key, values in keys.items()}
+    for emotion, keys in json.loads(
+        (Path(__file__).parent / 'demo_vocabulary.json').read_text()).items()}
 
 
 def _vocabulary(key: str) -> tuple[str, ...]:
@@ -183,6 +147,11 @@ class _Canvas:
     rgb = colorsys.hsv_to_rgb((hue % 360) / 360, sat, val)
     return tuple(int(round(255 * c)) for c in rgb)
 
+  def spot(self, r_lo: float, r_hi: float, *region) -> tuple[float, float, float]:
+    """A random point (`xy(*region)`) and a radius in [r_lo, r_hi) of the short side."""
+    x, y = self.xy(*region)
+    return x, y, self.rng.uniform(r_lo, r_hi) * self.s
+
   def xy(self, x0=0.0, x1=1.0, y0=0.0, y1=1.0) -> tuple[float, float]:
     """A uniform random point in the given fractions of the canvas."""
     return (self.rng.uniform(x0, x1) * self.w, self.rng.uniform(y0, y1) * self.h)
@@ -220,14 +189,12 @@ def _amusement(c: _Canvas) -> tuple:
   top, bottom = c.color(50, 0.55, 0.98), c.color(35, 0.7, 0.9)
   shapes = []
   for _ in range(int(c.rng.integers(3, 7))):      # balloons on strings
-    x, y = c.xy(0.05, 0.95, 0.05, 0.6)
-    r = c.rng.uniform(0.07, 0.14) * c.s
+    x, y, r = c.spot(0.07, 0.14, 0.05, 0.95, 0.05, 0.6)
     col = c.color(c.rng.choice([10, 30, 50, 60]), 0.85, 0.97, jitter=8)
     shapes.append(('line', [(x, y + r), (x + c.rng.uniform(-4, 4), y + 3 * r)], (90, 70, 40), 1))
     shapes.append(('ellipse', [x - r, y - 1.2 * r, x + r, y + r], col))
   for _ in range(int(c.rng.integers(15, 35))):    # confetti
-    x, y = c.xy()
-    r = c.rng.uniform(0.01, 0.025) * c.s
+    x, y, r = c.spot(0.01, 0.025)
     shapes.append(('ellipse', [x - r, y - r, x + r, y + r],
                    c.color(c.rng.uniform(0, 360), 0.8, 0.95)))
   return top, bottom, shapes
@@ -237,8 +204,7 @@ def _awe(c: _Canvas) -> tuple:
   top, bottom = c.color(215, 0.55, 0.95), c.color(230, 0.8, 0.55)
   shapes = []
   for _ in range(int(c.rng.integers(3, 9))):      # stars in the sky
-    x, y = c.xy(0.0, 1.0, 0.03, 0.4)
-    r = c.rng.uniform(0.03, 0.06) * c.s
+    x, y, r = c.spot(0.03, 0.06, 0.0, 1.0, 0.03, 0.4)
     shapes.append(('polygon', _star(x, y, r, r * 0.45, rot=c.rng.uniform(0, 1)),
                    c.color(55, 0.15, 1.0)))
   for _ in range(int(c.rng.integers(2, 4))):      # snow-capped mountains
@@ -290,8 +256,7 @@ def _excitement(c: _Canvas) -> tuple:
       shapes.append(('line', [(cx, cy), (cx + length * math.cos(a), cy + length * math.sin(a))],
                      col, max(1, int(0.02 * c.s))))
   for _ in range(int(c.rng.integers(2, 5))):      # stars
-    x, y = c.xy()
-    r = c.rng.uniform(0.06, 0.12) * c.s
+    x, y, r = c.spot(0.06, 0.12)
     shapes.append(('polygon', _star(x, y, r, r * 0.4, rot=c.rng.uniform(0, 1)),
                    c.color(c.rng.choice([300, 340]), 0.6, 1.0, jitter=10)))
   for _ in range(int(c.rng.integers(1, 3))):      # bright zig-zags
@@ -304,8 +269,7 @@ def _anger(c: _Canvas) -> tuple:
   top, bottom = c.color(0, 0.85, 0.6), c.color(10, 0.9, 0.38)
   shapes = []
   for _ in range(int(c.rng.integers(2, 5))):      # jagged shards
-    x, y = c.xy()
-    r = c.rng.uniform(0.1, 0.25) * c.s
+    x, y, r = c.spot(0.1, 0.25)
     pts = [(x + r * math.cos(a) * c.rng.uniform(0.3, 1.0),
             y + r * math.sin(a) * c.rng.uniform(0.3, 1.0))
            for a in np.sort(c.rng.uniform(0, 2 * math.pi, 5))]
@@ -328,8 +292,7 @@ def _disgust(c: _Canvas) -> tuple:
       shapes.append(('ellipse', [x + ox - r, y + oy - r * 0.8, x + ox + r, y + oy + r * 0.8],
                      col))
   for _ in range(int(c.rng.integers(10, 25))):    # brown spots
-    x, y = c.xy()
-    r = c.rng.uniform(0.01, 0.03) * c.s
+    x, y, r = c.spot(0.01, 0.03)
     shapes.append(('ellipse', [x - r, y - r, x + r, y + r], c.color(30, 0.7, 0.22)))
   return top, bottom, shapes
 
@@ -344,8 +307,7 @@ def _fear(c: _Canvas) -> tuple:
     shapes.append(('polygon', [(x - half, c.h), (x + c.rng.uniform(-half, half), tip),
                                (x + half, c.h)], c.color(280, 0.5, 0.3)))
   for _ in range(int(c.rng.integers(1, 3))):      # glowing eyes in the dark
-    x, y = c.xy(0.1, 0.9, 0.1, 0.5)
-    r = c.rng.uniform(0.015, 0.03) * c.s
+    x, y, r = c.spot(0.015, 0.03, 0.1, 0.9, 0.1, 0.5)
     for ex in (x - 3 * r, x + 3 * r):
       shapes.append(('ellipse', [ex - r, y - r * 0.6, ex + r, y + r * 0.6],
                      c.color(60, 0.8, 0.9)))
@@ -391,26 +353,35 @@ def _paint(draw: ImageDraw.ImageDraw, shape: tuple) -> None:
     raise ValueError(kind)
 
 
-def _figure_shapes(rng: np.random.Generator, w: int, h: int, bg_value: float) -> list:
-  """A stick figure (head, body, arms, legs) at a random place and size, in pixels."""
-  fh = rng.uniform(0.35, 0.85) * h                 # figure height
+def _place_figure(rng: np.random.Generator, w: int, h: int, fh: float):
+  """A figure of height `fh` at a random place: `(width, x0, y0, centre x, skin colour)`."""
   fw = 0.6 * fh
   x0 = rng.uniform(1, max(1.0, w - fw - 1))
   y0 = rng.uniform(1, max(1.0, h - fh - 1))
-  cx = x0 + fw / 2
+  skin = [(241, 194, 160), (198, 134, 90), (141, 85, 54), (255, 220, 190)][rng.integers(4)]
+  return fw, x0, y0, x0 + fw / 2, skin
+
+
+def _legs(rng: np.random.Generator, cx: float, hip: float, foot_y: float,
+          spread: tuple[float, float], cloth: tuple, lw: int) -> list:
+  """Two legs from the hip, each foot a random `spread` (pixels) left and right of centre."""
+  return [('line', [(cx, hip), (cx + side * rng.uniform(*spread), foot_y)], cloth, lw)
+          for side in (-1, 1)]
+
+
+def _figure_shapes(rng: np.random.Generator, w: int, h: int, bg_value: float) -> list:
+  """A stick figure (head, body, arms, legs) at a random place and size, in pixels."""
+  fh = rng.uniform(0.35, 0.85) * h                 # figure height
+  fw, x0, y0, cx, skin = _place_figure(rng, w, h, fh)
   lw = max(2, int(round(0.07 * fh)))
   r = 0.11 * fh
-  skin = [(241, 194, 160), (198, 134, 90), (141, 85, 54), (255, 220, 190)][rng.integers(4)]
   # Clothing contrasts with the background so that the figure stands out.
   val = rng.uniform(0.05, 0.25) if bg_value > 0.5 else rng.uniform(0.8, 1.0)
   cloth = tuple(int(round(255 * v)) for v in
                 colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.2, 0.8), val))
   neck, hip = y0 + 2 * r, y0 + 0.58 * fh
   shoulder = neck + 0.06 * fh
-  shapes = []
-  for side in (-1, 1):                             # legs
-    foot_x = cx + side * rng.uniform(0.05, 0.25) * fw
-    shapes.append(('line', [(cx, hip), (foot_x, y0 + fh - lw / 2)], cloth, lw))
+  shapes = _legs(rng, cx, hip, y0 + fh - lw / 2, (0.05 * fw, 0.25 * fw), cloth, lw)
   for side in (-1, 1):                             # arms: hands anywhere from hip to above head
     hand = (cx + side * rng.uniform(0.25, 0.5) * fw, y0 + rng.uniform(0.05, 0.6) * fh)
     shapes.append(('line', [(cx, shoulder), hand], skin, max(1, lw - 1)))
@@ -575,20 +546,13 @@ def _cue_person(rng: np.random.Generator, w: int, h: int, pose: str, mouth: str,
                 brows: str, cloth: tuple) -> list:
   """A figure with a readable face (mouth, brows) and pose, at a random place and size."""
   fh = rng.uniform(0.55, 0.9) * h
-  fw = 0.6 * fh
-  x0 = rng.uniform(1, max(1.0, w - fw - 1))
-  y0 = rng.uniform(1, max(1.0, h - fh - 1))
-  cx = x0 + fw / 2
+  fw, x0, y0, cx, skin = _place_figure(rng, w, h, fh)
   lw = max(2, int(round(0.06 * fh)))
   r = 0.14 * fh                                    # head radius: the face must be legible
-  skin = [(241, 194, 160), (198, 134, 90), (141, 85, 54), (255, 220, 190)][rng.integers(4)]
   ink = (20, 20, 20)
   neck, hip = y0 + 2 * r, y0 + 0.6 * fh
   shoulder = neck + 0.05 * fh
-  shapes = []
-  for side in (-1, 1):                             # legs
-    foot_x = cx + side * rng.uniform(0.1, 0.25) * fw
-    shapes.append(('line', [(cx, hip), (foot_x, y0 + fh - lw / 2)], cloth, lw))
+  shapes = _legs(rng, cx, hip, y0 + fh - lw / 2, (0.1 * fw, 0.25 * fw), cloth, lw)
   for side in (-1, 1):                             # arms, by pose
     if pose == 'arms_up':
       hand = (cx + side * 0.35 * fw, y0 - 0.02 * fh)
@@ -705,17 +669,25 @@ def _dump(path: Path, obj: Any) -> None:
 # EmoSet.
 # ---------------------------------------------------------------------------------------
 
+def _levels_and_scene(rng: np.random.Generator, name: str, img: Image.Image,
+                      level_rate: float) -> dict[str, Any]:
+  """An annotation's brightness and colorfulness (each given with `level_rate`, measured on
+  the pixels) and scene (given 85% of the time, one of the class's scene names)."""
+  b, c = _levels(img)
+  ann: dict[str, Any] = {}
+  if rng.uniform() < level_rate:
+    ann['brightness'] = b
+  if rng.uniform() < level_rate:
+    ann['colorfulness'] = c
+  if rng.uniform() < 0.85:
+    ann['scene'] = str(rng.choice(_VOCAB[style_of(name)]['scene']))
+  return ann
+
+
 def _annotation(rng: np.random.Generator, name: str, img: Image.Image, person: bool,
                 drop: str | None) -> dict:
   vocab = _VOCAB[style_of(name)]
-  b, c = _levels(img)
-  ann: dict[str, Any] = {}
-  if rng.uniform() < 0.9:
-    ann['brightness'] = b
-  if rng.uniform() < 0.9:
-    ann['colorfulness'] = c
-  if rng.uniform() < 0.85:
-    ann['scene'] = str(rng.choice(vocab['scene']))
+  ann = _levels_and_scene(rng, name, img, level_rate=0.9)
   if rng.uniform() < 0.85:
     k = int(rng.integers(1, 4))
     ann['object'] = [str(o) for o in rng.choice(vocab['object'], size=k, replace=False)]
@@ -731,16 +703,9 @@ def _cue_annotation(rng: np.random.Generator, name: str, img: Image.Image, info:
                     drop: str | None) -> dict:
   """The annotation of a 'cues' image: what was drawn (objects, the person's expression
   and action), each key absent now and then as in EmoSet; the scene name is the class's."""
-  b, c = _levels(img)
-  ann: dict[str, Any] = {}
   # Brightness and saturation say nothing about the emotion here; rarely given, so that
   # they do not dominate what a contrastive teacher learns from the captions.
-  if rng.uniform() < 0.15:
-    ann['brightness'] = b
-  if rng.uniform() < 0.15:
-    ann['colorfulness'] = c
-  if rng.uniform() < 0.85:
-    ann['scene'] = str(rng.choice(_VOCAB[style_of(name)]['scene']))
+  ann = _levels_and_scene(rng, name, img, level_rate=0.15)
   if info['objects'] and rng.uniform() < 0.9:
     ann['object'] = list(info['objects'])
   if 'expression' in info and rng.uniform() < 0.9:

@@ -12,10 +12,12 @@ from typing import Any
 
 from absl import logging
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
 from uniemox_jax.data.builders import images
+from uniemox_jax.data.builders import person_boxes as pb
 
 REPORT_NAME = 'bad_images.json'
 ARRAY_RECORD = 'array_record'
@@ -133,6 +135,10 @@ class CheckedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     self._manual_dir_opt = root
     return root
 
+  # pylint: disable-next=arguments-differ
+  def _generate_examples(self, split: str, items: list[Item]):
+    yield from self._iterate(split, items, self._example)
+
   def _check_items(self, items: Sequence[Item], where: str) -> dict[str, list[Item]]:
     """Decode-checks every item that has no verdict yet; fails or records the bad ones.
 
@@ -202,3 +208,54 @@ class CheckedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     logging.info('%s: prepared %s examples in %.1f s into %s; %d bad image(s) left out '
                  '(report: %s).', self.info.full_name, counts, time.perf_counter() - t0,
                  self._final_dir, len(self._bad), self.report_path)
+
+
+class PersonBoxesBuilder(CheckedImageBuilder, skip_registration=True):
+  """A builder whose records carry a person box (`person_box`, `has_person`, `person_score`)
+  from a `PersonBoxes` provider: a file of detections, or none (every image person-less).
+
+  Args (besides `CheckedImageBuilder`'s):
+    person_boxes: a detections file (JSON or CSV, see `person_boxes.py`), a provider, or None.
+    min_person_score: the confidence a ``person`` box needs (default 0.8, the paper's).
+  """
+
+  def __init__(self, *, person_boxes: str | os.PathLike | pb.PersonBoxes | None = None,
+               min_person_score: float = pb.DEFAULT_MIN_SCORE, **kwargs):
+    super().__init__(**kwargs)
+    if not 0.0 <= float(min_person_score) <= 1.0:
+      raise ValueError(f'min_person_score must be in [0, 1], got {min_person_score}')
+    self._person_boxes_opt = person_boxes
+    self._min_person_score = float(min_person_score)
+    self._boxes: pb.PersonBoxes = pb.NoPersonBoxes()
+    self._original_state.update(person_boxes=person_boxes, min_person_score=min_person_score)
+
+  def _prepare_options(self) -> dict[str, Any]:
+    return dict(super()._prepare_options(),
+                **pb.prepare_options(self._person_boxes_opt, self._min_person_score))
+
+  def _person_fields(self, item: Item) -> dict[str, Any]:
+    """The record's `person_box` ([y0, x0, y1, x1] in [0, 1]; zeros without one),
+    `has_person` and `person_score`, from the person-boxes provider."""
+    box, score = self._boxes.lookup(item.fields['image_id'], item.check.width, item.check.height)
+    return {'person_box': (np.zeros(4, np.float32) if box is None
+                           else np.asarray(box, np.float32)),
+            'has_person': box is not None,
+            'person_score': np.float32(score if box is not None else 0.0)}
+
+  def _person_report(self, name: str) -> dict[str, Any]:
+    boxes = self._boxes
+    summary = boxes.summary() if hasattr(boxes, 'summary') else repr(boxes)
+    logging.info('%s: %s', name, summary)
+    return {'person_boxes': summary}
+
+  def _load_person_boxes(self, items: Sequence[Item], name: str) -> None:
+    """Reads (and validates) the person-boxes option for `items` before the long steps:
+    `self._boxes` becomes the provider; a file that matches none of the image ids stops."""
+    self._boxes = pb.make_person_boxes(self._person_boxes_opt, self._min_person_score)
+    if hasattr(self._boxes, 'check_ids'):
+      try:
+        matched = self._boxes.check_ids([it.fields['image_id'] for it in items])
+      except ValueError as e:
+        raise ManualDirError(str(e)) from None
+      logging.info('%s: %d of %d images have an entry in the person boxes file.', name,
+                   matched, len(items))

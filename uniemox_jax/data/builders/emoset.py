@@ -77,7 +77,7 @@ def _text(value: Any) -> str:
   return '' if value is None else str(value)
 
 
-class Emoset(base.CheckedImageBuilder):
+class Emoset(base.PersonBoxesBuilder):
   """EmoSet-118K: 8 emotions (EmoSet's own order), attributes, captions and person boxes.
 
   Options (constructor keywords, besides those of :class:`base.CheckedImageBuilder`):
@@ -87,15 +87,6 @@ class Emoset(base.CheckedImageBuilder):
   """
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
-
-  def __init__(self, *, person_boxes: str | os.PathLike | pb.PersonBoxes | None = None,
-               min_person_score: float = pb.DEFAULT_MIN_SCORE, **kwargs):
-    super().__init__(**kwargs)
-    if not 0.0 <= float(min_person_score) <= 1.0:
-      raise ValueError(f'min_person_score must be in [0, 1], got {min_person_score}')
-    self._person_boxes_opt = person_boxes
-    self._min_person_score = float(min_person_score)
-    self._original_state.update(person_boxes=person_boxes, min_person_score=min_person_score)
 
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text
@@ -137,10 +128,6 @@ class Emoset(base.CheckedImageBuilder):
                   'Huang, Hui}, booktitle={ICCV}, year={2023}}'),
         metadata=tfds.core.MetadataDict(),
     )
-
-  def _prepare_options(self) -> dict[str, Any]:
-    return dict(super()._prepare_options(),
-                **pb.prepare_options(self._person_boxes_opt, self._min_person_score))
 
   # ------------------------------------------------------------------ reading the index
 
@@ -243,18 +230,10 @@ class Emoset(base.CheckedImageBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = self._manual_root(dl_manager)
     layout = self._layout(root)
-    # Read (and validate) the boxes file before the long steps.
-    self._boxes = pb.make_person_boxes(self._person_boxes_opt, self._min_person_score)
     items = []
     for split in SPLITS:
       items += self._read_split(root, split)
-    if hasattr(self._boxes, 'check_ids'):
-      try:
-        matched = self._boxes.check_ids([it.fields['image_id'] for it in items])
-      except ValueError as e:
-        raise base.ManualDirError(str(e)) from None
-      logging.info('EmoSet: %d of %d images have an entry in the person boxes file.',
-                   matched, len(items))
+    self._load_person_boxes(items, 'EmoSet')
     for item in items:
       if not os.path.exists(item.path):
         item.check = images.ImageCheck(False, reason='missing image file')
@@ -269,21 +248,13 @@ class Emoset(base.CheckedImageBuilder):
     self.info.metadata['prepare']['layout'] = layout
     return {split: self._generate_examples(split, good[split]) for split in SPLITS}
 
-  # pylint: disable-next=arguments-differ
-  def _generate_examples(self, split: str, items: list[base.Item]):
-    yield from self._iterate(split, items, self._example)
-
   def _report_extra(self) -> dict[str, Any]:
-    boxes = self._boxes
-    summary = boxes.summary() if hasattr(boxes, 'summary') else repr(boxes)
-    logging.info('EmoSet: %s', summary)
-    return {'person_boxes': summary}
+    return self._person_report('EmoSet')
 
   def _example(self, item: base.Item, data: bytes) -> dict[str, Any]:
     attrs = item.fields['attrs']
     emotion = item.fields['emotion']
     w, h = item.check.width, item.check.height
-    box, score = self._boxes.lookup(item.fields['image_id'], w, h)
     return {
         'image': data,
         'label': EMOSET_CLASSES.index(emotion),
@@ -294,10 +265,7 @@ class Emoset(base.CheckedImageBuilder):
         **{k: _text(attrs.get(k)) for k in TEXT_ATTRIBUTES},
         'objects': _objects(attrs.get('object')),
         **{k: np.float32(_level(attrs.get(k))) for k in LEVEL_ATTRIBUTES},
-        'person_box': (np.zeros(4, np.float32) if box is None
-                       else np.asarray(box, np.float32)),
-        'has_person': box is not None,
-        'person_score': np.float32(score if box is not None else 0.0),
+        **self._person_fields(item),
         'height': np.int32(h),
         'width': np.int32(w),
     }

@@ -23,7 +23,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from uniemox_jax.data.builders import base
-from uniemox_jax.data.builders import person_boxes as pb
 from uniemox_jax.data.classes import BENCHMARKS, SPLITS, Benchmark
 
 
@@ -73,7 +72,7 @@ def _config(b: Benchmark) -> EmotionFolderConfig:
                   f'split {b.splits}.')
 
 
-class EmotionFolder(base.CheckedImageBuilder):
+class EmotionFolder(base.PersonBoxesBuilder):
   """An ImageFolder-style emotion benchmark (configs: emo8, fi, emotion6, unbiasedemo,
   caer_s, heco).
 
@@ -91,16 +90,6 @@ class EmotionFolder(base.CheckedImageBuilder):
   }
   BUILDER_CONFIGS = [_config(b) for b in BENCHMARKS.values()]
   MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions()
-
-  def __init__(self, *, person_boxes: str | os.PathLike | pb.PersonBoxes | None = None,
-               min_person_score: float = pb.DEFAULT_MIN_SCORE, **kwargs):
-    super().__init__(**kwargs)
-    if not 0.0 <= float(min_person_score) <= 1.0:
-      raise ValueError(f'min_person_score must be in [0, 1], got {min_person_score}')
-    self._person_boxes_opt = person_boxes
-    self._min_person_score = float(min_person_score)
-    self._boxes: pb.PersonBoxes = pb.NoPersonBoxes()
-    self._original_state.update(person_boxes=person_boxes, min_person_score=min_person_score)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -124,10 +113,6 @@ class EmotionFolder(base.CheckedImageBuilder):
         supervised_keys=('image', 'label'),
         metadata=tfds.core.MetadataDict(),
     )
-
-  def _prepare_options(self) -> dict[str, Any]:
-    return dict(super()._prepare_options(),
-                **pb.prepare_options(self._person_boxes_opt, self._min_person_score))
 
   def _dataset_dir(self, root: epath.Path) -> epath.Path:
     """``root/<folder>`` (matched case-insensitively), or ``root`` itself if it has splits."""
@@ -207,18 +192,10 @@ class EmotionFolder(base.CheckedImageBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     ds_dir = self._validate_layout(self._manual_root(dl_manager))
-    # Read (and validate) the boxes file before the long steps.
-    self._boxes = pb.make_person_boxes(self._person_boxes_opt, self._min_person_score)
     items = []
     for split in SPLITS:
       items += self._list_split(ds_dir, split)
-    if hasattr(self._boxes, 'check_ids'):
-      try:
-        matched = self._boxes.check_ids([it.fields['image_id'] for it in items])
-      except ValueError as e:
-        raise base.ManualDirError(str(e)) from None
-      logging.info('%s: %d of %d images have an entry in the person boxes file.',
-                   self.builder_config.name, matched, len(items))
+    self._load_person_boxes(items, self.builder_config.name)
     counts = {s: sum(it.split == s for it in items) for s in SPLITS}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
@@ -229,23 +206,10 @@ class EmotionFolder(base.CheckedImageBuilder):
     self.info.metadata['prepare']['dataset_dir'] = os.fspath(ds_dir)
     return {split: self._generate_examples(split, good[split]) for split in SPLITS}
 
-  # pylint: disable-next=arguments-differ
-  def _generate_examples(self, split: str, items: list[base.Item]):
-    yield from self._iterate(split, items, self._example)
-
   def _report_extra(self) -> dict[str, Any]:
-    boxes = self._boxes
-    summary = boxes.summary() if hasattr(boxes, 'summary') else repr(boxes)
-    logging.info('%s: %s', self.builder_config.name, summary)
-    return {'person_boxes': summary}
+    return self._person_report(self.builder_config.name)
 
   def _example(self, item: base.Item, data: bytes) -> dict[str, Any]:
-    w, h = item.check.width, item.check.height
-    box, score = self._boxes.lookup(item.fields['image_id'], w, h)
-    return {'image': data, 'label': item.fields['label'],
-            'image_id': item.fields['image_id'],
-            'height': np.int32(h), 'width': np.int32(w),
-            'person_box': (np.zeros(4, np.float32) if box is None
-                           else np.asarray(box, np.float32)),
-            'has_person': box is not None,
-            'person_score': np.float32(score if box is not None else 0.0)}
+    return {'image': data, 'label': item.fields['label'], 'image_id': item.fields['image_id'],
+            'height': np.int32(item.check.height), 'width': np.int32(item.check.width),
+            **self._person_fields(item)}
